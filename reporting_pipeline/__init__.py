@@ -1,0 +1,1 @@
+"""Weekly PDF reports for clinical-trial participants."""

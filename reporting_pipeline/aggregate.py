@@ -1,0 +1,179 @@
+"""Aggregate stage: turn one subscriber's week of records and files into report-ready tables."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+from pymongo.database import Database
+
+from .dead_letters import record_dead_letter, record_data_issues
+from .errors import Issue, ReportInputError, TextNotUtf8
+from .fetch import SubscriberWeek
+from .images import make_thumbnail
+from .weeks import Week
+
+SUMMARY_COLUMNS = [
+    "metric", "unit", "count", "mean", "min", "max", "previous_mean", "change", "out_of_range", "ref_low", "ref_high",
+]
+DAILY_COLUMNS = ["metric", "day", "mean"]
+MAX_EXCERPT_CHARS = 600
+MAX_EXCERPTS = 6
+MAX_THUMBNAILS = 6
+
+
+@dataclass
+class Excerpt:
+    file_id: str
+    recorded_at: datetime
+    text: str
+
+
+@dataclass
+class Thumbnail:
+    file_id: str
+    recorded_at: datetime
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass
+class AggregatedReport:
+    """What the renderer needs for one subscriber's week, and nothing more."""
+
+    subscription_id: str
+    email: str
+    trial_name: str
+    participant_id: str
+    timezone: str
+    week_key: str
+    week_timezone: str
+    shard_id: str
+    summary: pd.DataFrame
+    daily: pd.DataFrame
+    adherence_days: int
+    record_count: int
+    excerpts: list[Excerpt] = field(default_factory=list)
+    thumbnails: list[Thumbnail] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def week(self) -> Week:
+        return Week.from_key(self.week_key, self.week_timezone)
+
+    @property
+    def has_data(self) -> bool:
+        return self.record_count > 0 or bool(self.excerpts) or bool(self.thumbnails)
+
+
+def summarize(records: list[dict], week: Week) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Per-metric summary, daily means and adherence (days with any entry) for `week`.
+
+    `records` may include the previous week; it feeds only the change column.
+    """
+    if not records:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS), pd.DataFrame(columns=DAILY_COLUMNS), 0
+    df = pd.DataFrame.from_records(records)
+    df["recorded_at"] = pd.to_datetime(df["recorded_at"], utc=True)
+    df["ref_low"] = pd.to_numeric(df["ref_low"], errors="coerce")
+    df["ref_high"] = pd.to_numeric(df["ref_high"], errors="coerce")
+    in_week = (df["recorded_at"] >= pd.Timestamp(week.start_utc)) & (df["recorded_at"] < pd.Timestamp(week.end_utc))
+    current = df[in_week].copy()
+    previous = df[(df["recorded_at"] >= pd.Timestamp(week.previous().start_utc)) & ~in_week]
+    if current.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS), pd.DataFrame(columns=DAILY_COLUMNS), 0
+
+    current = current.sort_values(["recorded_at", "record_id"])
+    current["day"] = current["recorded_at"].dt.tz_convert(week.timezone).dt.date
+    current["out_of_range"] = (current["value"] < current["ref_low"]) | (current["value"] > current["ref_high"])
+
+    by_metric = current.groupby("metric", sort=True)
+    summary = by_metric["value"].agg(["count", "mean", "min", "max"])
+    summary["unit"] = by_metric["unit"].last()
+    summary["out_of_range"] = by_metric["out_of_range"].sum().astype(int)
+    # The most recent reference range is the one the participant is measured against now.
+    summary["ref_low"] = by_metric["ref_low"].last()
+    summary["ref_high"] = by_metric["ref_high"].last()
+    summary["previous_mean"] = previous.groupby("metric")["value"].mean().reindex(summary.index)
+    summary["change"] = summary["mean"] - summary["previous_mean"]
+    summary = summary.reset_index()[SUMMARY_COLUMNS]
+    summary["count"] = summary["count"].astype(int)
+
+    daily = current.groupby(["metric", "day"], sort=True)["value"].mean().rename("mean").reset_index()
+    adherence = int(current["day"].nunique())
+    return summary, daily[DAILY_COLUMNS], adherence
+
+
+def excerpt_text(data: bytes, ref: str) -> str:
+    """Diary text as it was written, trimmed for the report; refuses bytes that are not UTF-8."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TextNotUtf8(f"text {ref}: not valid UTF-8 (byte {error.start})", ref) from None
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    # Control characters other than newline and tab cannot be drawn; drop them.
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc").strip()
+    if len(text) > MAX_EXCERPT_CHARS:
+        text = text[:MAX_EXCERPT_CHARS].rstrip() + " [...]"
+    return text
+
+
+def aggregate_subscriber(bundle: SubscriberWeek, week_timezone: str) -> AggregatedReport:
+    """Aggregate one subscriber; bad items become issues, the report is still built."""
+    week = Week.from_key(bundle.week_key, week_timezone)
+    summary, daily, adherence = summarize(bundle.records, week)
+    in_week = sum(1 for r in bundle.records if week.start_utc <= r["recorded_at"] < week.end_utc)
+    report = AggregatedReport(
+        subscription_id=bundle.subscription_id,
+        email=bundle.email,
+        trial_name=bundle.trial_name,
+        participant_id=bundle.participant_id,
+        timezone=bundle.timezone,
+        week_key=bundle.week_key,
+        week_timezone=week_timezone,
+        shard_id=bundle.shard_id,
+        summary=summary,
+        daily=daily,
+        adherence_days=adherence,
+        record_count=in_week,
+        issues=list(bundle.issues),
+    )
+    for item in bundle.files:
+        try:
+            if item.kind == "text":
+                if len(report.excerpts) < MAX_EXCERPTS:
+                    report.excerpts.append(Excerpt(item.file_id, item.recorded_at, excerpt_text(item.data, item.file_id)))
+            elif item.kind == "image":
+                if len(report.thumbnails) < MAX_THUMBNAILS:
+                    jpeg, width, height = make_thumbnail(item.data, item.file_id)
+                    report.thumbnails.append(Thumbnail(item.file_id, item.recorded_at, jpeg, width, height))
+            else:
+                raise ReportInputError(f"file {item.file_id}: unsupported kind {item.kind!r}", item.file_id)
+        except ReportInputError as error:
+            report.issues.append(Issue.from_error("aggregate", error))
+    return report
+
+
+def aggregate_batch(db: Database, batch: list[SubscriberWeek], week_timezone: str) -> list[AggregatedReport]:
+    """Aggregate a batch; a subscriber that cannot be aggregated becomes a dead letter, the rest go on."""
+    reports = []
+    for bundle in batch:
+        try:
+            report = aggregate_subscriber(bundle, week_timezone)
+        except Exception as error:
+            record_dead_letter(db, subscription_id=bundle.subscription_id, week=bundle.week_key, stage="aggregate",
+                               error=error)
+            continue
+        if report.issues:
+            record_data_issues(db, subscription_id=report.subscription_id, week=report.week_key, issues=report.issues)
+        reports.append(report)
+    return reports
+
+
+def local_date(moment: datetime, timezone: str) -> date:
+    return moment.astimezone(ZoneInfo(timezone)).date()

@@ -1,0 +1,77 @@
+"""Dead letters: what could not be done for one subscriber, kept for investigation and redrive.
+
+Two kinds, both upserted so a rerun counts attempts instead of adding rows:
+- `dead_letters`: a subscriber got no report or no email this week (stage, error class, message).
+- `data_issues`: one item (record, file) was left out of an otherwise delivered report.
+Messages never carry health data: they name the problem and the item id, not its content.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from datetime import UTC, datetime
+
+from pymongo.database import Database
+
+from . import mongo
+from .errors import Issue, ReportInputError
+
+STAGES = ("fetch", "aggregate", "render", "store", "deliver")
+
+
+# Server replies (SMTP refusals above all) can echo an address back; keep them out of the ledger.
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
+
+
+def _describe(error: BaseException) -> tuple[str, str]:
+    code = error.code if isinstance(error, ReportInputError) else type(error).__name__
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        replies = sorted({str(reply[0]) for reply in error.recipients.values()})
+        return code, f"recipient refused by SMTP server (reply {', '.join(replies)})"
+    return code, _ADDRESS.sub("<address>", str(error))[:500]
+
+
+def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: str, error: BaseException) -> None:
+    """Record that `stage` failed for one subscriber and week."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    code, message = _describe(error)
+    now = datetime.now(UTC)
+    db[mongo.DEAD_LETTERS].update_one(
+        {"subscription_id": subscription_id, "week": week, "stage": stage},
+        {
+            "$set": {
+                "error_class": type(error).__name__,
+                "code": code,
+                "message": message,
+                "last_seen": now,
+                "status": "open",
+            },
+            "$setOnInsert": {"first_seen": now},
+            "$inc": {"attempts": 1},
+        },
+        upsert=True,
+    )
+
+
+def resolve_dead_letters(db: Database, *, subscription_id: str, week: str, stages: tuple[str, ...]) -> None:
+    """Close open dead letters once a later attempt got past those stages."""
+    db[mongo.DEAD_LETTERS].update_many(
+        {"subscription_id": subscription_id, "week": week, "stage": {"$in": list(stages)}, "status": "open"},
+        {"$set": {"status": "resolved", "resolved_at": datetime.now(UTC)}},
+    )
+
+
+def record_data_issues(db: Database, *, subscription_id: str, week: str, issues: list[Issue]) -> None:
+    """Record the items left out of one subscriber's report."""
+    now = datetime.now(UTC)
+    for issue in issues:
+        db[mongo.DATA_ISSUES].update_one(
+            {"subscription_id": subscription_id, "week": week, "ref": issue.ref, "code": issue.code},
+            {
+                "$set": {"stage": issue.stage, "message": issue.message[:500], "last_seen": now},
+                "$setOnInsert": {"first_seen": now},
+            },
+            upsert=True,
+        )

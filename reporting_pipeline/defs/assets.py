@@ -1,0 +1,93 @@
+"""Assets: fetched_records -> aggregated_tables -> report_pdfs -> report_deliveries, per (week, shard)."""
+
+
+import time
+
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from reporting_pipeline.aggregate import aggregate_batch
+from reporting_pipeline.fetch import iter_subscriber_batches
+from reporting_pipeline.notify import deliver_shard
+from reporting_pipeline.store import PublishSummary, publish_batch
+from reporting_pipeline.weeks import Week
+
+from .io_manager import BatchStream
+from .partitions import REPORT_SHARDS, REPORT_TIMEZONE, report_partitions_def, split_partition_key
+from .resources import MongoResource, ReportSettingsResource, S3Resource, SmtpResource
+
+GROUP = "weekly_reports"
+
+
+def _week_and_shard(context: AssetExecutionContext) -> tuple[Week, str]:
+    week_key, shard_id = split_partition_key(context.partition_key)
+    return Week.from_key(week_key, REPORT_TIMEZONE), shard_id
+
+
+@asset(partitions_def=report_partitions_def, group_name=GROUP, io_manager_key="batch_io_manager")
+def fetched_records(
+    context: AssetExecutionContext, mongo: MongoResource, s3: S3Resource, report_settings: ReportSettingsResource
+) -> BatchStream:
+    """Each active subscriber of the shard with the week's records and file bytes, streamed in batches."""
+    week, shard_id = _week_and_shard(context)
+    db, client = mongo.get_db(), s3.get_client()
+    stats = {"subscribers": 0, "records": 0, "files": 0, "issues": 0}
+
+    def batches():
+        for batch in iter_subscriber_batches(db, client, s3.bucket, week, shard_id, REPORT_SHARDS,
+                                             report_settings.batch_size):
+            stats["subscribers"] += len(batch)
+            stats["records"] += sum(len(b.records) for b in batch)
+            stats["files"] += sum(len(b.files) for b in batch)
+            stats["issues"] += sum(len(b.issues) for b in batch)
+            context.log.info(f"fetched {stats['subscribers']} subscribers of week {week.key} shard {shard_id}")
+            yield batch
+
+    return BatchStream(batches(), stats)
+
+
+@asset(partitions_def=report_partitions_def, group_name=GROUP, io_manager_key="batch_io_manager")
+def aggregated_tables(context: AssetExecutionContext, fetched_records: BatchStream, mongo: MongoResource) -> BatchStream:
+    """Per-metric summary tables, daily means, adherence, excerpts and thumbnails per subscriber."""
+    db = mongo.get_db()
+    stats = {"subscribers": 0}
+
+    def batches():
+        for batch in fetched_records:
+            reports = aggregate_batch(db, batch, REPORT_TIMEZONE)
+            stats["subscribers"] += len(reports)
+            yield reports
+
+    return BatchStream(batches(), stats)
+
+
+@asset(partitions_def=report_partitions_def, group_name=GROUP)
+def report_pdfs(
+    context: AssetExecutionContext, aggregated_tables: BatchStream, mongo: MongoResource, s3: S3Resource
+) -> MaterializeResult:
+    """One encrypted PDF per subscriber in S3, registered in the `reports` collection."""
+    db, client = mongo.get_db(), s3.get_client()
+    started = time.monotonic()
+    total = PublishSummary()
+    for batch in aggregated_tables:
+        total.add(publish_batch(db, client, s3.bucket, s3.encryption(), batch))
+        context.log.info(f"rendered {total.rendered} reports, {total.failed} failed")
+    return MaterializeResult(metadata={**vars(total), "seconds": round(time.monotonic() - started, 3)})
+
+
+@asset(partitions_def=report_partitions_def, group_name=GROUP, deps=[report_pdfs])
+def report_deliveries(
+    context: AssetExecutionContext,
+    mongo: MongoResource,
+    s3: S3Resource,
+    smtp: SmtpResource,
+    report_settings: ReportSettingsResource,
+) -> MaterializeResult:
+    """An email with a pre-signed, expiring link for every stored report not emailed yet."""
+    week, shard_id = _week_and_shard(context)
+    summary = deliver_shard(
+        mongo.get_db(), s3.get_client(), s3.bucket, smtp.settings(),
+        week=week, shard_id=shard_id, link_ttl_hours=report_settings.link_ttl_hours, owner=context.run_id,
+        unsubscribe_url=report_settings.unsubscribe_url, batch_size=report_settings.batch_size, log=context.log,
+    )
+    context.log.info(f"week {week.key} shard {shard_id}: {summary.as_metadata()}")
+    return MaterializeResult(metadata=summary.as_metadata())

@@ -1,0 +1,74 @@
+"""Resources: MongoDB, S3, SMTP and the report settings, each configured from environment variables."""
+
+from __future__ import annotations
+
+import threading
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from reporting_pipeline import mongo
+from reporting_pipeline.notify import SmtpSettings
+from reporting_pipeline.objectstore import Encryption, ensure_bucket, make_client
+
+_DB_CACHE: dict[tuple[str, str], object] = {}
+_DB_LOCK = threading.Lock()
+
+
+class MongoResource(ConfigurableResource):
+    """MongoDB holding trials, subscriptions, records, file metadata, reports and the delivery ledger."""
+
+    uri: str = Field(description="MONGODB_URI; mongomock://NAME for an in-process database.")
+    database: str = "reporting"
+
+    def get_db(self):
+        # One client per process: pymongo clients pool connections and are thread-safe.
+        key = (self.uri, self.database)
+        with _DB_LOCK:
+            if key not in _DB_CACHE:
+                db = mongo.connect(self.uri)[self.database]
+                mongo.ensure_indexes(db)
+                _DB_CACHE[key] = db
+            return _DB_CACHE[key]
+
+
+class S3Resource(ConfigurableResource):
+    """The bucket holding participant files and encrypted reports."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    sse: str = "AES256"
+    kms_key_id: str | None = None
+    create_bucket: bool = False
+
+    def get_client(self):
+        client = make_client(self.endpoint_url, self.region)
+        if self.create_bucket:
+            ensure_bucket(client, self.bucket)
+        return client
+
+    def encryption(self) -> Encryption:
+        return Encryption(self.sse, self.kms_key_id)
+
+
+class SmtpResource(ConfigurableResource):
+    """The SMTP relay that sends report emails."""
+
+    host: str
+    port: int = 25
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    email_from: str = "reports@localhost"
+
+    def settings(self) -> SmtpSettings:
+        return SmtpSettings(self.host, self.port, self.username, self.password, self.starttls, self.email_from)
+
+
+class ReportSettingsResource(ConfigurableResource):
+    """Per-deployment knobs of report building and delivery."""
+
+    link_ttl_hours: int = 72
+    batch_size: int = 50
+    unsubscribe_url: str = "https://reports.example.org/unsubscribe"

@@ -1,0 +1,124 @@
+"""Embedded stand-ins for MongoDB, S3 and SMTP, for the demo and the tests.
+
+They speak the real protocols where it matters: S3 is moto's HTTP server (boto3 and plain HTTP GETs
+reach it over a socket) and SMTP is an aiosmtpd server that smtplib talks to. MongoDB is mongomock,
+in-process, reached through the pymongo API.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+import os
+import socket
+import threading
+import uuid
+from contextlib import contextmanager
+from email.message import EmailMessage
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
+
+from .objectstore import ensure_bucket, make_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Outbox:
+    """aiosmtpd handler keeping every accepted message, and writing each as .eml when given a folder."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder
+        self.messages: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self._lock = threading.Lock()
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    async def handle_DATA(self, server, session, envelope: Envelope):
+        raw = envelope.original_content or envelope.content
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        with self._lock:
+            self.messages.append(message)
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+            if self.folder:
+                (self.folder / f"{len(self.messages):05d}.eml").write_bytes(raw)
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    """A real SMTP server on loopback."""
+
+    def __init__(self, handler, port: int | None = None):
+        self.handler = handler
+        self.port = port or free_port()
+        self.controller = Controller(handler, hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self):
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()
+
+
+class S3Server:
+    """moto's S3 HTTP server on loopback."""
+
+    def __init__(self, port: int | None = None):
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port or free_port(), verbose=False)
+
+    def __enter__(self):
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop()
+
+
+@contextmanager
+def patched_env(values: dict[str, str]):
+    """Set environment variables for the duration of the block, restoring the old values after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def embedded_services(workdir: Path, outbox_folder: Path | None = None, bucket: str = "clinical-reports"):
+    """Start S3 and SMTP servers and point the pipeline's environment variables at them."""
+    outbox = Outbox(outbox_folder)
+    with S3Server() as s3, SmtpServer(outbox) as smtp:
+        env = {
+            "MONGODB_URI": f"mongomock://{uuid.uuid4().hex}",
+            "AWS_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "REPORTS_BUCKET": bucket,
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "EMAIL_FROM": "reports@trial-reports.example.org",
+            "IO_MANAGER_BASE_DIR": str(workdir / "io"),
+        }
+        with patched_env(env):
+            ensure_bucket(make_client(s3.endpoint_url), bucket)
+            yield env, outbox

@@ -1,0 +1,196 @@
+"""Fetch stage: stream one shard's subscribers from MongoDB in batches, with their week's records and files.
+
+Memory is bounded by the batch size, never by the number of subscribers in the shard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+from pymongo.database import Database
+
+from . import mongo
+from .dead_letters import record_dead_letter
+from .errors import ChecksumMismatch, FileTooLarge, Issue, MalformedRecord, MissingObject, ReportInputError
+from .objectstore import is_not_found, sha256_hex
+from .sharding import shard_filter
+from .weeks import Week
+
+# Larger files are refused before download: no diary note or photo needs more.
+MAX_FILE_BYTES = 25 * 1024 * 1024
+
+
+@dataclass
+class FileItem:
+    """One participant file with its bytes."""
+
+    file_id: str
+    kind: str  # text | image
+    recorded_at: datetime
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class SubscriberWeek:
+    """Everything one subscriber's report is built from: this week's and last week's data."""
+
+    subscription_id: str
+    email: str
+    trial_id: str
+    trial_name: str
+    participant_id: str
+    timezone: str
+    week_key: str
+    shard_id: str
+    records: list[dict] = field(default_factory=list)
+    files: list[FileItem] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """MongoDB stores UTC; a client without tz_aware hands back naive datetimes."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _number(value, what: str, ref: str) -> float:
+    if value is None:
+        raise MalformedRecord(f"record {ref}: {what} is missing", ref)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedRecord(f"record {ref}: {what} is not a number (got {type(value).__name__})", ref)
+    number = float(value)
+    if not math.isfinite(number):
+        raise MalformedRecord(f"record {ref}: {what} is not finite", ref)
+    return number
+
+
+def parse_record(doc: dict) -> dict:
+    """Validate one raw `records` document into the shape aggregation expects."""
+    ref = str(doc.get("_id", "?"))
+    metric = doc.get("metric")
+    if not isinstance(metric, str) or not metric.strip():
+        raise MalformedRecord(f"record {ref}: metric name is missing", ref)
+    recorded_at = doc.get("recorded_at")
+    if not isinstance(recorded_at, datetime):
+        raise MalformedRecord(f"record {ref}: recorded_at is not a date-time", ref)
+    value = _number(doc.get("value"), "value", ref)
+    ref_range = doc.get("reference_range") or {}
+    if not isinstance(ref_range, dict):
+        raise MalformedRecord(f"record {ref}: reference_range is not an object", ref)
+    low = ref_range.get("low")
+    high = ref_range.get("high")
+    low = None if low is None else _number(low, "reference_range.low", ref)
+    high = None if high is None else _number(high, "reference_range.high", ref)
+    unit = doc.get("unit")
+    return {
+        "record_id": ref,
+        "recorded_at": as_utc(recorded_at),
+        "metric": metric.strip(),
+        "value": value,
+        "unit": unit if isinstance(unit, str) else "",
+        "ref_low": low,
+        "ref_high": high,
+    }
+
+
+def read_file(s3, bucket: str, meta: dict) -> FileItem:
+    """Download one file and check it against its metadata."""
+    ref = str(meta["_id"])
+    size = meta.get("size")
+    if isinstance(size, int) and size > MAX_FILE_BYTES:
+        raise FileTooLarge(f"file {ref}: {size} bytes exceeds the {MAX_FILE_BYTES}-byte limit", ref)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=meta["s3_key"])["Body"]
+        data = body.read(MAX_FILE_BYTES + 1)
+    except ClientError as error:
+        if is_not_found(error):
+            raise MissingObject(f"file {ref}: object is missing from S3", ref) from None
+        raise
+    if len(data) > MAX_FILE_BYTES:
+        raise FileTooLarge(f"file {ref}: larger than the {MAX_FILE_BYTES}-byte limit", ref)
+    if meta.get("sha256") and sha256_hex(data) != meta["sha256"]:
+        raise ChecksumMismatch(f"file {ref}: content does not match its recorded sha256", ref)
+    return FileItem(ref, meta.get("kind", ""), as_utc(meta["recorded_at"]), meta.get("content_type", ""), data)
+
+
+def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_size: int):
+    """Cursor over one shard's active subscriptions, in a stable order."""
+    query = {"status": "active", **shard_filter(shard_id, shard_count)}
+    return db[mongo.SUBSCRIPTIONS].find(query).sort("_id", 1).batch_size(batch_size)
+
+
+def _batches(cursor, size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for doc in cursor:
+        batch.append(doc)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscriptions: list[dict]) -> list[SubscriberWeek]:
+    """Load records (this and the previous week) and this week's files for a batch of subscriptions."""
+    participants = sorted({s["participant_id"] for s in subscriptions})
+    trial_ids = sorted({s["trial_id"] for s in subscriptions})
+    trials = {t["_id"]: t for t in db[mongo.TRIALS].find({"_id": {"$in": trial_ids}})}
+    window = {"$gte": week.previous().start_utc, "$lt": week.end_utc}
+
+    records = defaultdict(list)
+    raw_issues = defaultdict(list)
+    for doc in db[mongo.RECORDS].find({"participant_id": {"$in": participants}, "recorded_at": window}).sort("_id", 1):
+        owner = (doc.get("trial_id"), doc.get("participant_id"))
+        try:
+            records[owner].append(parse_record(doc))
+        except ReportInputError as error:
+            raw_issues[owner].append(Issue.from_error("fetch", error))
+
+    file_query = {
+        "participant_id": {"$in": participants},
+        "recorded_at": {"$gte": week.start_utc, "$lt": week.end_utc},
+    }
+    file_metas = defaultdict(list)
+    for meta in db[mongo.FILES].find(file_query).sort([("recorded_at", 1), ("_id", 1)]):
+        file_metas[(meta.get("trial_id"), meta.get("participant_id"))].append(meta)
+
+    bundles = []
+    for sub in subscriptions:
+        owner = (sub["trial_id"], sub["participant_id"])
+        bundle = SubscriberWeek(
+            subscription_id=str(sub["_id"]),
+            email=sub.get("email", ""),
+            trial_id=sub["trial_id"],
+            trial_name=trials.get(sub["trial_id"], {}).get("name", sub["trial_id"]),
+            participant_id=sub["participant_id"],
+            timezone=sub.get("timezone") or week.timezone,
+            week_key=week.key,
+            shard_id=shard_id,
+            records=records.get(owner, []),
+            issues=list(raw_issues.get(owner, [])),
+        )
+        try:
+            for meta in file_metas.get(owner, []):
+                try:
+                    bundle.files.append(read_file(s3, bucket, meta))
+                except ReportInputError as error:
+                    bundle.issues.append(Issue.from_error("fetch", error))
+        except Exception as error:  # one subscriber's failure must not sink the batch
+            record_dead_letter(db, subscription_id=bundle.subscription_id, week=week.key, stage="fetch", error=error)
+            continue
+        bundles.append(bundle)
+    return bundles
+
+
+def iter_subscriber_batches(
+    db: Database, s3, bucket: str, week: Week, shard_id: str, shard_count: int, batch_size: int
+) -> Iterator[list[SubscriberWeek]]:
+    """Stream a shard's subscribers, one fetched batch at a time."""
+    cursor = active_subscriptions(db, shard_id, shard_count, batch_size)
+    for subscriptions in _batches(cursor, batch_size):
+        yield fetch_batch(db, s3, bucket, week, shard_id, subscriptions)

@@ -1,0 +1,43 @@
+"""Image preparation: participant photos become small, metadata-free JPEG thumbnails."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import CorruptImage, ImageTooLarge
+
+# Refuse before decoding: 40 megapixels covers any phone camera, and a 20000x20000 image would
+# need 1.2 GB of RGB memory to decode.
+MAX_PIXELS = 40_000_000
+THUMBNAIL_BOX = (480, 480)
+
+
+def make_thumbnail(data: bytes, ref: str) -> tuple[bytes, int, int]:
+    """JPEG thumbnail with EXIF orientation applied and all metadata dropped; returns (bytes, w, h)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # read from the header; nothing decoded yet
+            if width * height > MAX_PIXELS:
+                raise ImageTooLarge(
+                    f"image {ref}: {width}x{height} pixels exceeds the {MAX_PIXELS:,}-pixel limit", ref
+                )
+            # JPEG can decode straight to a reduced size, which saves most of the work.
+            image.draft("RGB", (THUMBNAIL_BOX[0] * 2, THUMBNAIL_BOX[1] * 2))
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail(THUMBNAIL_BOX)
+            image = image.convert("RGB")
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image {ref}: too many pixels to decode safely", ref) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise CorruptImage(f"image {ref}: cannot be decoded ({type(error).__name__})", ref) from None
+    out = io.BytesIO()
+    # A fresh save without exif=/icc_profile= writes no metadata at all (no GPS, no device).
+    image.save(out, format="JPEG", quality=82, optimize=True)
+    return out.getvalue(), image.width, image.height

@@ -1,0 +1,83 @@
+"""MongoDB access: one place for connection, collection names and indexes."""
+
+from __future__ import annotations
+
+import threading
+
+import pymongo
+from pymongo import ASCENDING, IndexModel
+from pymongo.database import Database
+
+TRIALS = "trials"
+ENROLLMENTS = "enrollments"
+SUBSCRIPTIONS = "subscriptions"
+RECORDS = "records"
+FILES = "files"
+REPORTS = "reports"
+DELIVERIES = "deliveries"
+DEAD_LETTERS = "dead_letters"
+DATA_ISSUES = "data_issues"
+
+INDEXES: dict[str, list[IndexModel]] = {
+    ENROLLMENTS: [
+        IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),
+    ],
+    SUBSCRIPTIONS: [
+        IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),
+        IndexModel([("status", ASCENDING), ("shard_bucket", ASCENDING)], name="status_shard"),
+    ],
+    RECORDS: [
+        IndexModel([("participant_id", ASCENDING), ("recorded_at", ASCENDING)], name="participant_time"),
+    ],
+    FILES: [
+        IndexModel([("participant_id", ASCENDING), ("recorded_at", ASCENDING)], name="participant_time"),
+        IndexModel([("s3_key", ASCENDING)], unique=True, name="s3_key"),
+    ],
+    REPORTS: [
+        IndexModel([("subscription_id", ASCENDING), ("week", ASCENDING)], unique=True, name="subscription_week"),
+        IndexModel([("week", ASCENDING), ("shard", ASCENDING)], name="week_shard"),
+    ],
+    DELIVERIES: [
+        IndexModel([("subscription_id", ASCENDING), ("week", ASCENDING)], unique=True, name="subscription_week"),
+    ],
+    DEAD_LETTERS: [
+        IndexModel(
+            [("subscription_id", ASCENDING), ("week", ASCENDING), ("stage", ASCENDING)],
+            unique=True,
+            name="subscription_week_stage",
+        ),
+        IndexModel([("week", ASCENDING), ("status", ASCENDING)], name="week_status"),
+    ],
+    DATA_ISSUES: [
+        IndexModel(
+            [("subscription_id", ASCENDING), ("week", ASCENDING), ("ref", ASCENDING), ("code", ASCENDING)],
+            unique=True,
+            name="subscription_week_ref_code",
+        ),
+    ],
+}
+
+_MOCK_CLIENTS: dict[str, object] = {}
+_MOCK_LOCK = threading.Lock()
+
+
+def connect(uri: str):
+    """A pymongo client for `uri`.
+
+    `mongomock://NAME` gives an in-process mongomock client shared by everything in this process
+    that names the same NAME: the demo and unit tests use it where no MongoDB server exists.
+    """
+    if uri.startswith("mongomock://"):
+        import mongomock  # only needed for the embedded mode
+
+        with _MOCK_LOCK:
+            if uri not in _MOCK_CLIENTS:
+                _MOCK_CLIENTS[uri] = mongomock.MongoClient(tz_aware=True)
+            return _MOCK_CLIENTS[uri]
+    return pymongo.MongoClient(uri, tz_aware=True, appname="reporting-pipeline")
+
+
+def ensure_indexes(db: Database) -> None:
+    """Create every index the pipeline relies on; safe to call any number of times."""
+    for collection, models in INDEXES.items():
+        db[collection].create_indexes(models)

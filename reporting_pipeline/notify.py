@@ -1,0 +1,251 @@
+"""Notify stage: a pre-signed, expiring link to each stored report, sent by email exactly once.
+
+The `deliveries` collection is the ledger: one document per (subscription, week), claimed with a
+lease before sending and marked sent afterwards, so a retried or doubled run never sends twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import smtplib
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from . import mongo
+from .dead_letters import record_dead_letter, resolve_dead_letters
+from .errors import InvalidEmailAddress
+from .objectstore import presigned_get_url
+from .settings import MAX_LINK_TTL_HOURS
+from .weeks import Week
+
+SUBJECT = "Your weekly report is ready"
+# Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
+_EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
+    r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int = 25
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    email_from: str = "reports@localhost"
+    timeout: float = 30.0
+
+
+@dataclass
+class DeliverySummary:
+    sent: int = 0
+    already_sent: int = 0
+    not_active: int = 0
+    failed: int = 0
+    message_ids: list[str] = field(default_factory=list)
+
+    def as_metadata(self) -> dict:
+        return {"sent": self.sent, "already_sent": self.already_sent, "not_active": self.not_active,
+                "failed": self.failed}
+
+
+def validate_email(address: object, subscription_id: str) -> str:
+    """The address if it can be sent to; the error never repeats the address itself."""
+    if not isinstance(address, str) or not _EMAIL_RE.match(address.strip()) or ".." in address:
+        raise InvalidEmailAddress(f"subscription {subscription_id}: email address is not valid", subscription_id)
+    return address.strip()
+
+
+def link_ttl(hours: int) -> timedelta:
+    if not 1 <= hours <= MAX_LINK_TTL_HOURS:
+        raise ValueError(f"link lifetime must be 1..{MAX_LINK_TTL_HOURS} hours, got {hours}")
+    return timedelta(hours=hours)
+
+
+def message_id(subscription_id: str, week_key: str, email_from: str) -> str:
+    """Stable per (subscription, week): should a send ever repeat, mail clients see the same message."""
+    token = hashlib.sha256(f"{subscription_id}:{week_key}".encode()).hexdigest()[:32]
+    domain = email_from.rsplit("@", 1)[-1].strip(">") or "localhost"
+    return f"<report-{token}@{domain}>"
+
+
+def compose_email(
+    *, to: str, email_from: str, link: str, expires_at: datetime, week: Week, msg_id: str, unsubscribe_url: str
+) -> EmailMessage:
+    """The notification: a greeting, the link and its expiry. No health data, no trial name."""
+    message = EmailMessage()
+    message["Subject"] = SUBJECT
+    message["From"] = email_from
+    message["To"] = to
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = msg_id
+    expiry = expires_at.astimezone(UTC).strftime("%d %b %Y at %H:%M UTC")
+    message.set_content(
+        "Hello,\n\n"
+        f"Your weekly report for the week of {week.label()} is ready.\n\n"
+        f"Download it here (the link expires on {expiry}):\n{link}\n\n"
+        "The link is personal; please do not forward this email.\n\n"
+        f"To stop receiving these emails, unsubscribe here: {unsubscribe_url}\n"
+    )
+    return message
+
+
+class SmtpSession:
+    """One SMTP connection reused for a batch of messages, reconnecting if the server hangs up."""
+
+    def __init__(self, settings: SmtpSettings):
+        self.settings = settings
+        self._smtp: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        if s.starttls:
+            smtp.starttls(context=ssl.create_default_context())
+        if s.username:
+            smtp.login(s.username, s.password or "")
+        return smtp
+
+    def send(self, message: EmailMessage) -> None:
+        if self._smtp is None:
+            self._smtp = self._connect()
+        try:
+            self._smtp.send_message(message)
+        except smtplib.SMTPServerDisconnected:
+            self._smtp = self._connect()
+            self._smtp.send_message(message)
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except smtplib.SMTPException:
+                pass
+            self._smtp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def claim_delivery(db: Database, subscription_id: str, week_key: str, owner: str, lease: timedelta) -> bool:
+    """Take the right to send this (subscription, week); False if sent already or someone else holds it."""
+    now = datetime.now(UTC)
+    key = f"{subscription_id}:{week_key}"
+    try:
+        db[mongo.DELIVERIES].insert_one({
+            "_id": key, "subscription_id": subscription_id, "week": week_key, "status": "sending",
+            "owner": owner, "lease_expires_at": now + lease, "attempts": 1, "created_at": now,
+        })
+        return True
+    except DuplicateKeyError:
+        pass
+    # Only an unsent delivery whose lease ran out (its holder died or gave up) can be taken over.
+    taken = db[mongo.DELIVERIES].find_one_and_update(
+        {"_id": key, "status": {"$in": ["sending", "failed"]}, "lease_expires_at": {"$lt": now}},
+        {"$set": {"status": "sending", "owner": owner, "lease_expires_at": now + lease}, "$inc": {"attempts": 1}},
+    )
+    return taken is not None
+
+
+def complete_delivery(db: Database, subscription_id: str, week_key: str, owner: str, report: dict, msg_id: str) -> None:
+    now = datetime.now(UTC)
+    db[mongo.DELIVERIES].update_one(
+        {"_id": f"{subscription_id}:{week_key}", "owner": owner},
+        {"$set": {"status": "sent", "sent_at": now, "message_id": msg_id, "report_sha256": report["sha256"]}},
+    )
+    # Append-only audit trail of every send.
+    db["delivery_audit"].insert_one({
+        "subscription_id": subscription_id, "week": week_key, "owner": owner, "s3_key": report["s3_key"],
+        "report_sha256": report["sha256"], "message_id": msg_id, "sent_at": now,
+    })
+
+
+def release_delivery(db: Database, subscription_id: str, week_key: str, owner: str) -> None:
+    """Give the claim back after a failed send so a later attempt may claim it at once."""
+    db[mongo.DELIVERIES].update_one(
+        {"_id": f"{subscription_id}:{week_key}", "owner": owner, "status": "sending"},
+        {"$set": {"status": "failed", "lease_expires_at": datetime.now(UTC)}},
+    )
+
+
+def _report_batches(db: Database, week_key: str, shard_id: str, size: int) -> Iterator[list[dict]]:
+    cursor = db[mongo.REPORTS].find({"week": week_key, "shard": shard_id}).sort("subscription_id", 1).batch_size(size)
+    batch: list[dict] = []
+    for report in cursor:
+        batch.append(report)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def deliver_shard(
+    db: Database,
+    s3,
+    bucket: str,
+    smtp: SmtpSettings,
+    *,
+    week: Week,
+    shard_id: str,
+    link_ttl_hours: int,
+    owner: str,
+    unsubscribe_url: str,
+    batch_size: int = 50,
+    lease: timedelta = timedelta(minutes=15),
+    log=None,
+) -> DeliverySummary:
+    """Email every stored report of one (week, shard) that has not been emailed yet."""
+    ttl = link_ttl(link_ttl_hours)
+    summary = DeliverySummary()
+    for batch in _report_batches(db, week.key, shard_id, batch_size):
+        ids = [r["subscription_id"] for r in batch]
+        subscriptions = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}})}
+        with SmtpSession(smtp) as session:
+            for report in batch:
+                sub_id = report["subscription_id"]
+                subscription = subscriptions.get(sub_id)
+                # Checked at send time: an unsubscribed participant gets nothing, even if rendered.
+                if subscription is None or subscription.get("status") != "active":
+                    summary.not_active += 1
+                    continue
+                try:
+                    address = validate_email(subscription.get("email"), sub_id)
+                except InvalidEmailAddress as error:
+                    record_dead_letter(db, subscription_id=sub_id, week=week.key, stage="deliver", error=error)
+                    summary.failed += 1
+                    continue
+                if not claim_delivery(db, sub_id, week.key, owner, lease):
+                    summary.already_sent += 1
+                    continue
+                msg_id = message_id(sub_id, week.key, smtp.email_from)
+                try:
+                    expires_at = datetime.now(UTC) + ttl
+                    link = presigned_get_url(s3, bucket, report["s3_key"], int(ttl.total_seconds()))
+                    message = compose_email(to=address, email_from=smtp.email_from, link=link, expires_at=expires_at,
+                                            week=week, msg_id=msg_id, unsubscribe_url=unsubscribe_url)
+                    session.send(message)
+                except Exception as error:  # one failed send must not stop the shard
+                    release_delivery(db, sub_id, week.key, owner)
+                    record_dead_letter(db, subscription_id=sub_id, week=week.key, stage="deliver", error=error)
+                    summary.failed += 1
+                    if log:
+                        log.warning(f"delivery failed for subscription {sub_id}: {type(error).__name__}")
+                    continue
+                complete_delivery(db, sub_id, week.key, owner, report, msg_id)
+                resolve_dead_letters(db, subscription_id=sub_id, week=week.key, stages=("deliver",))
+                summary.sent += 1
+                summary.message_ids.append(msg_id)
+    return summary

@@ -1,0 +1,66 @@
+"""Settings read from the environment, with the defaults the pipeline runs on when nothing is set."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+# SigV4 pre-signed URLs are valid for at most seven days.
+MAX_LINK_TTL_HOURS = 168
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the pipeline cannot run with."""
+
+
+def _int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def report_timezone() -> str:
+    """Timezone that defines where a report week starts and ends (REPORT_TIMEZONE, default UTC)."""
+    name = os.environ.get("REPORT_TIMEZONE", "").strip() or "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"REPORT_TIMEZONE is not a known IANA timezone: {name!r}") from None
+    return name
+
+
+def shard_count() -> int:
+    """Number of shards a week is split into (REPORT_SHARDS, default 8)."""
+    return _int("REPORT_SHARDS", 8, 1, 4096)
+
+
+def link_ttl_hours() -> int:
+    """Lifetime of an emailed link (REPORT_LINK_TTL_HOURS, default 72, at most 168)."""
+    return _int("REPORT_LINK_TTL_HOURS", 72, 1, MAX_LINK_TTL_HOURS)
+
+
+def batch_size() -> int:
+    """Subscribers handled together inside a shard run (REPORT_BATCH_SIZE, default 50)."""
+    return _int("REPORT_BATCH_SIZE", 50, 1, 10_000)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The non-secret knobs of one deployment."""
+
+    timezone: str
+    shards: int
+    link_ttl_hours: int
+    batch_size: int
+
+    @classmethod
+    def from_env(cls) -> "PipelineSettings":
+        return cls(report_timezone(), shard_count(), link_ttl_hours(), batch_size())

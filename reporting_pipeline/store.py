@@ -1,0 +1,133 @@
+"""Store stage: objects go to S3 first, their MongoDB metadata is written only after the upload succeeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pymongo.database import Database
+
+from . import mongo
+from .aggregate import AggregatedReport
+from .dead_letters import record_dead_letter, resolve_dead_letters
+from .render import render_report
+from .objectstore import Encryption, put_if_changed, sha256_hex
+
+PDF = "application/pdf"
+
+
+def report_key(week_key: str, shard_id: str, subscription_id: str) -> str:
+    """Deterministic object key: a rerun of the same (subscription, week) overwrites only itself."""
+    return f"reports/{week_key}/{shard_id}/{subscription_id}.pdf"
+
+
+def file_key(trial_id: str, participant_id: str, file_id: str, extension: str) -> str:
+    return f"files/{trial_id}/{participant_id}/{file_id}.{extension.lstrip('.')}"
+
+
+def store_file(
+    db: Database,
+    s3,
+    bucket: str,
+    encryption: Encryption,
+    *,
+    file_id: str,
+    trial_id: str,
+    participant_id: str,
+    recorded_at: datetime,
+    kind: str,
+    content_type: str,
+    extension: str,
+    data: bytes,
+) -> dict:
+    """Upload a participant file, then register it; safe to repeat."""
+    if kind not in ("text", "image"):
+        raise ValueError(f"file kind must be 'text' or 'image', got {kind!r}")
+    key = file_key(trial_id, participant_id, file_id, extension)
+    put_if_changed(s3, bucket, key, data, content_type, encryption)
+    doc = {
+        "_id": file_id,
+        "trial_id": trial_id,
+        "participant_id": participant_id,
+        "recorded_at": recorded_at,
+        "kind": kind,
+        "s3_key": key,
+        "content_type": content_type,
+        "size": len(data),
+        "sha256": sha256_hex(data),
+    }
+    db[mongo.FILES].replace_one({"_id": file_id}, {**doc, "uploaded_at": datetime.now(UTC)}, upsert=True)
+    return doc
+
+
+def store_report(
+    db: Database,
+    s3,
+    bucket: str,
+    encryption: Encryption,
+    *,
+    subscription_id: str,
+    week_key: str,
+    shard_id: str,
+    pdf: bytes,
+    pages: int,
+) -> dict:
+    """Upload one rendered report (encrypted), then upsert its `reports` record."""
+    key = report_key(week_key, shard_id, subscription_id)
+    put_if_changed(s3, bucket, key, pdf, PDF, encryption)
+    now = datetime.now(UTC)
+    doc = {
+        "subscription_id": subscription_id,
+        "week": week_key,
+        "shard": shard_id,
+        "s3_key": key,
+        "sha256": sha256_hex(pdf),
+        "size": len(pdf),
+        "pages": pages,
+        "rendered_at": now,
+    }
+    db[mongo.REPORTS].update_one(
+        {"subscription_id": subscription_id, "week": week_key},
+        {"$set": doc, "$setOnInsert": {"created_at": now}},
+        upsert=True,
+    )
+    return doc
+
+
+@dataclass
+class PublishSummary:
+    rendered: int = 0
+    failed: int = 0
+    pages: int = 0
+    bytes: int = 0
+    empty_weeks: int = 0
+    issues: int = 0
+
+    def add(self, other: "PublishSummary") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports: list[AggregatedReport]) -> PublishSummary:
+    """Render and store each report of a batch; one failure is a dead letter, not a stopped batch."""
+    summary = PublishSummary()
+    for report in reports:
+        stage = "render"
+        try:
+            pdf, pages = render_report(report)
+            stage = "store"
+            store_report(db, s3, bucket, encryption, subscription_id=report.subscription_id,
+                         week_key=report.week_key, shard_id=report.shard_id, pdf=pdf, pages=pages)
+        except Exception as error:
+            record_dead_letter(db, subscription_id=report.subscription_id, week=report.week_key, stage=stage,
+                               error=error)
+            summary.failed += 1
+            continue
+        resolve_dead_letters(db, subscription_id=report.subscription_id, week=report.week_key,
+                             stages=("fetch", "aggregate", "render", "store"))
+        summary.rendered += 1
+        summary.pages += pages
+        summary.bytes += len(pdf)
+        summary.empty_weeks += 0 if report.has_data else 1
+        summary.issues += len(report.issues)
+    return summary

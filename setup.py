@@ -1,0 +1,42 @@
+from setuptools import find_packages, setup
+
+# The Dagster family is pinned together: unpinned, pip picks a newer dagster and silently
+# falls back to ancient dagster-aws/dagster-k8s releases that do not import.
+DAGSTER = [
+    "dagster==1.13.27",
+    "dagster-webserver==1.13.27",
+    "dagster-graphql==1.13.27",
+    "dagster-aws==0.29.27",
+    "dagster-k8s==0.29.27",
+    "dagster-postgres==0.29.27",
+]
+
+setup(
+    name="reporting_pipeline",
+    version="0.1.0",
+    description="Weekly PDF reports for clinical-trial participants, orchestrated by Dagster.",
+    packages=find_packages(exclude=["reporting_pipeline_tests*"]),
+    python_requires=">=3.13",
+    install_requires=[
+        *DAGSTER,
+        "pymongo>=4.10,<5",
+        "boto3>=1.35",
+        "pandas>=2.2",
+        "reportlab>=4.2",
+        "Pillow>=11",
+        # Embedded services for `reporting-pipeline demo` and local development.
+        "mongomock>=4.3",
+        "moto[s3,server]>=5.1",
+        "aiosmtpd>=1.4.6",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pypdf>=5",
+            "mongoeco>=4.11; python_version >= '3.13'",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["reporting-pipeline=reporting_pipeline.cli:main"],
+    },
+)

@@ -84,7 +84,8 @@ def summarize(records: list[dict], week: Week) -> tuple[pd.DataFrame, pd.DataFra
     df["ref_high"] = pd.to_numeric(df["ref_high"], errors="coerce")
     in_week = (df["recorded_at"] >= pd.Timestamp(week.start_utc)) & (df["recorded_at"] < pd.Timestamp(week.end_utc))
     current = df[in_week].copy()
-    previous = df[(df["recorded_at"] >= pd.Timestamp(week.previous().start_utc)) & ~in_week]
+    previous = df[(df["recorded_at"] >= pd.Timestamp(week.previous().start_utc))
+                  & (df["recorded_at"] < pd.Timestamp(week.start_utc))]
     if current.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS), pd.DataFrame(columns=DAILY_COLUMNS), 0
 

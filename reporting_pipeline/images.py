@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,6 +16,10 @@ MAX_PIXELS = 40_000_000
 THUMBNAIL_BOX = (480, 480)
 
 
+def _too_large(ref: str, size: str) -> ImageTooLarge:
+    return ImageTooLarge(f"image {ref}: {size} exceeds the {MAX_PIXELS:,}-pixel limit", ref)
+
+
 def make_thumbnail(data: bytes, ref: str) -> tuple[bytes, int, int]:
     """JPEG thumbnail with EXIF orientation applied and all metadata dropped; returns (bytes, w, h)."""
     try:
@@ -23,9 +28,7 @@ def make_thumbnail(data: bytes, ref: str) -> tuple[bytes, int, int]:
             image = Image.open(io.BytesIO(data))
             width, height = image.size  # read from the header; nothing decoded yet
             if width * height > MAX_PIXELS:
-                raise ImageTooLarge(
-                    f"image {ref}: {width}x{height} pixels exceeds the {MAX_PIXELS:,}-pixel limit", ref
-                )
+                raise _too_large(ref, f"{width}x{height} = {width * height:,} pixels")
             # JPEG can decode straight to a reduced size, which saves most of the work.
             image.draft("RGB", (THUMBNAIL_BOX[0] * 2, THUMBNAIL_BOX[1] * 2))
             image = ImageOps.exif_transpose(image)
@@ -33,8 +36,10 @@ def make_thumbnail(data: bytes, ref: str) -> tuple[bytes, int, int]:
             image = image.convert("RGB")
     except ImageTooLarge:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"image {ref}: too many pixels to decode safely", ref) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow refuses the largest images while opening, before we see the header.
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(ref, f"{int(found.group(1)):,} pixels" if found else "too many pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise CorruptImage(f"image {ref}: cannot be decoded ({type(error).__name__})", ref) from None
     out = io.BytesIO()

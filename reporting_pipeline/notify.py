@@ -29,8 +29,8 @@ from .weeks import Week
 SUBJECT = "Your weekly report is ready"
 # Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
 _EMAIL_RE = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
-    r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
+    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 )
 
 
@@ -60,9 +60,9 @@ class DeliverySummary:
 
 def validate_email(address: object, subscription_id: str) -> str:
     """The address if it can be sent to; the error never repeats the address itself."""
-    if not isinstance(address, str) or not _EMAIL_RE.match(address.strip()) or ".." in address:
+    if not isinstance(address, str) or not _EMAIL_RE.fullmatch(address) or ".." in address:
         raise InvalidEmailAddress(f"subscription {subscription_id}: email address is not valid", subscription_id)
-    return address.strip()
+    return address
 
 
 def link_ttl(hours: int) -> timedelta:
@@ -151,9 +151,9 @@ def claim_delivery(db: Database, subscription_id: str, week_key: str, owner: str
         return True
     except DuplicateKeyError:
         pass
-    # Only an unsent delivery whose lease ran out (its holder died or gave up) can be taken over.
+    # Only a failed send, or one whose lease ran out (its holder died), can be taken over.
     taken = db[mongo.DELIVERIES].find_one_and_update(
-        {"_id": key, "status": {"$in": ["sending", "failed"]}, "lease_expires_at": {"$lt": now}},
+        {"_id": key, "$or": [{"status": "failed"}, {"status": "sending", "lease_expires_at": {"$lt": now}}]},
         {"$set": {"status": "sending", "owner": owner, "lease_expires_at": now + lease}, "$inc": {"attempts": 1}},
     )
     return taken is not None
@@ -176,7 +176,7 @@ def release_delivery(db: Database, subscription_id: str, week_key: str, owner: s
     """Give the claim back after a failed send so a later attempt may claim it at once."""
     db[mongo.DELIVERIES].update_one(
         {"_id": f"{subscription_id}:{week_key}", "owner": owner, "status": "sending"},
-        {"$set": {"status": "failed", "lease_expires_at": datetime.now(UTC)}},
+        {"$set": {"status": "failed", "released_at": datetime.now(UTC)}},
     )
 
 

@@ -86,7 +86,7 @@ def report_deliveries(
     week, shard_id = _week_and_shard(context)
     summary = deliver_shard(
         mongo.get_db(), s3.get_client(), s3.bucket, smtp.settings(),
-        week=week, shard_id=shard_id, link_ttl_hours=report_settings.link_ttl_hours, owner=context.run_id,
+        week=week, shard_id=shard_id, link_ttl_hours=report_settings.link_ttl_hours, owner=context.run.run_id,
         unsubscribe_url=report_settings.unsubscribe_url, batch_size=report_settings.batch_size, log=context.log,
     )
     context.log.info(f"week {week.key} shard {shard_id}: {summary.as_metadata()}")

@@ -1,0 +1,70 @@
+"""Fixtures: real S3 (moto's HTTP server) and SMTP (aiosmtpd) servers, MongoDB through mongomock."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+from pypdf import PdfReader
+
+from reporting_pipeline import mongo
+from reporting_pipeline.embedded import Outbox, embedded_services
+from reporting_pipeline.objectstore import Encryption, make_client
+
+# A fixed "now": Saturday 28 Nov 2026, so the last complete week is 16-22 Nov 2026.
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LAST_WEEK = "2026-11-16"
+
+
+@dataclass
+class Pipeline:
+    env: dict
+    outbox: Outbox
+    db: object
+    s3: object
+    bucket: str
+    encryption: Encryption
+    workdir: Path
+
+    def definitions(self):
+        from reporting_pipeline.defs.definitions import build_definitions
+
+        return build_definitions()
+
+
+@pytest.fixture
+def pipeline(tmp_path) -> Pipeline:
+    # moto keeps its state per process: a bucket of its own keeps each test's objects apart.
+    bucket = f"reports-{uuid.uuid4().hex[:12]}"
+    with embedded_services(tmp_path, outbox_folder=tmp_path / "outbox", bucket=bucket) as (env, outbox):
+        yield Pipeline(
+            env=env,
+            outbox=outbox,
+            db=mongo.connect(env["MONGODB_URI"])["reporting"],
+            s3=make_client(env["AWS_ENDPOINT_URL"]),
+            bucket=env["REPORTS_BUCKET"],
+            encryption=Encryption(),
+            workdir=tmp_path,
+        )
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def pdf_text(data: bytes) -> str:
+    """All text of a PDF as a real reader extracts it, whitespace folded (titles may wrap)."""
+    reader = PdfReader(io.BytesIO(data))
+    return " ".join(" ".join(page.extract_text() or "" for page in reader.pages).split())
+
+
+def pdf_image_count(data: bytes) -> int:
+    reader = PdfReader(io.BytesIO(data))
+    return sum(len(page.images) for page in reader.pages)

@@ -36,6 +36,15 @@ class CycleResult:
         return [r.run_id for r in self.report_runs + self.delivery_runs if not r.success]
 
 
+def materialization_metadata(run, asset_name: str) -> dict:
+    """The metadata a run recorded when it materialized `asset_name`, as plain values."""
+    for event in run.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.path[-1] == asset_name:
+            return {k: v.value for k, v in materialization.metadata.items()}
+    return {}
+
+
 def run_weekly_cycle(defs, instance: DagsterInstance, now: datetime, progress=lambda msg: None,
                      sensor_cursor: str | None = None, log_level: str = "WARNING") -> tuple[CycleResult, str | None]:
     """Evaluate the schedule at `now`, execute its runs, then let the delivery sensor launch delivery runs.
@@ -53,8 +62,10 @@ def run_weekly_cycle(defs, instance: DagsterInstance, now: datetime, progress=la
         run = report_job.execute_in_process(instance=instance, partition_key=request.partition_key,
                                             tags=request.tags, raise_on_error=False, run_config=run_config)
         result.report_runs.append(run)
+        done = materialization_metadata(run, "report_pdfs")
         progress(f"[{i}/{len(tick.run_requests)}] reports week {request.tags['report/week']} "
-                 f"shard {request.tags['report/shard']}: {'ok' if run.success else 'FAILED'}")
+                 f"shard {request.tags['report/shard']}: "
+                 + (f"{done.get('rendered', 0)} rendered, {done.get('failed', 0)} failed" if run.success else "RUN FAILED"))
 
     sensor = defs.resolve_sensor_def("report_delivery_sensor")
     delivery_job = defs.resolve_job_def("report_delivery_job")
@@ -67,8 +78,9 @@ def run_weekly_cycle(defs, instance: DagsterInstance, now: datetime, progress=la
             run = delivery_job.execute_in_process(instance=instance, partition_key=request.partition_key,
                                                   tags=request.tags, raise_on_error=False, run_config=run_config)
             result.delivery_runs.append(run)
+            done = materialization_metadata(run, "report_deliveries")
             progress(f"delivery week {request.tags['report/week']} shard {request.tags['report/shard']}: "
-                     f"{'ok' if run.success else 'FAILED'}")
+                     + (f"{done.get('sent', 0)} sent, {done.get('failed', 0)} failed" if run.success else "RUN FAILED"))
     return result, sensor_cursor
 
 

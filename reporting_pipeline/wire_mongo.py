@@ -1,0 +1,68 @@
+"""A MongoDB-wire server (mongoeco) for local runs where several processes must share one database.
+
+`python -m reporting_pipeline.wire_mongo [--port P]` prints `READY <host> <port>` once it accepts
+connections and serves until SIGTERM or SIGINT. Clients use plain pymongo: mongodb://127.0.0.1:P/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+
+
+async def _serve(host: str, port: int) -> None:
+    from mongoeco.engines.memory import MemoryEngine
+    from mongoeco.wire import AsyncMongoEcoProxyServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncMongoEcoProxyServer(engine=MemoryEngine(), host=host, port=port) as server:
+        print(f"READY {server.address.host} {server.address.port}", flush=True)
+        await stop.wait()
+
+
+class MongoWireServer:
+    """Runs the wire server in a child process; `uri` is set once it is ready."""
+
+    def __init__(self, port: int = 0):
+        self.port = port
+        self.process: subprocess.Popen | None = None
+        self.uri = ""
+
+    def __enter__(self):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "reporting_pipeline.wire_mongo", "--port", str(self.port)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        line = (self.process.stdout.readline() or "").split()
+        if len(line) != 3 or line[0] != "READY":
+            self.process.kill()
+            raise RuntimeError(f"MongoDB-wire server did not start (port {self.port} taken?)")
+        self.port = int(line[2])
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(_serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The commands as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reporting_pipeline import mongo
+
+from .conftest import pdf_text
+
+
+def cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_demo_writes_reports_emails_and_summary(tmp_path):
+    out = tmp_path / "demo"
+    done = cli("demo", "--subscribers", "5", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["subscribers"] == summary["reports_rendered"] == summary["emails_sent"] == 5
+    assert summary["failures"] == 0 and summary["failed_runs"] == [] and summary["week"]
+    pdfs = sorted((out / "reports").glob("*.pdf"))
+    assert len(pdfs) == 5 and len(list((out / "outbox").glob("*.eml"))) == 5
+    assert all("Weekly report" in pdf_text(p.read_bytes()) for p in pdfs)
+    assert "5 emails sent" in done.stdout and "shard 07" in done.stdout
+
+
+def test_demo_refuses_a_nonsense_subscriber_count(tmp_path):
+    done = cli("demo", "--subscribers", "0", "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "--subscribers must be at least 1" in done.stderr
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+def test_seed_command_is_idempotent_against_a_shared_database(pipeline):
+    from reporting_pipeline.wire_mongo import MongoWireServer
+
+    with MongoWireServer() as server:
+        env = {**pipeline.env, "MONGODB_URI": server.uri}
+        for _ in range(2):
+            done = cli("seed", "--subscribers", "3", "--weeks", "1", env=env)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "seeded 3 subscriptions" in done.stdout
+        db = mongo.connect(server.uri)["reporting"]
+        counts = {name: db[name].count_documents({}) for name in (mongo.SUBSCRIPTIONS, mongo.ENROLLMENTS, mongo.FILES)}
+        assert counts[mongo.SUBSCRIPTIONS] == counts[mongo.ENROLLMENTS] == 3
+        stored = sum(1 for page in pipeline.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=pipeline.bucket, Prefix="files/") for _ in page.get("Contents", []))
+        assert stored == counts[mongo.FILES] > 0  # every file record has its object, and no more
+
+
+def test_seed_without_a_database_says_so():
+    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
+    done = subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", "seed"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 2 and "MONGODB_URI is not set" in done.stderr

@@ -1,0 +1,75 @@
+"""The Dagster definitions: they load, the schedule asks for the right runs, the sensor follows materializations."""
+
+from datetime import UTC, datetime
+
+from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context
+
+from reporting_pipeline.defs.definitions import defs
+from reporting_pipeline.defs.partitions import report_partitions_def, split_partition_key
+from reporting_pipeline.seed import seed
+from reporting_pipeline.sharding import shard_ids
+
+from .conftest import LAST_WEEK, NOW
+
+
+def test_definitions_load():
+    Definitions.validate_loadable(defs)
+    assert {a.key.to_user_string() for a in defs.resolve_all_asset_specs()} == {
+        "fetched_records", "aggregated_tables", "report_pdfs", "report_deliveries"}
+    for name in ("weekly_reports_job", "report_delivery_job"):
+        assert defs.resolve_job_def(name).partitions_def == report_partitions_def
+
+
+def evaluate_schedule(when: datetime, instance: DagsterInstance):
+    schedule = defs.resolve_schedule_def("weekly_reports_schedule")
+    context = build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                     repository_def=defs.get_repository_def())
+    return schedule.evaluate_tick(context)
+
+
+def test_schedule_requests_one_run_per_shard_for_the_week_that_just_ended(instance):
+    schedule = defs.resolve_schedule_def("weekly_reports_schedule")
+    assert schedule.cron_schedule == "0 2 * * 1" and schedule.execution_timezone == "UTC"
+    tick = evaluate_schedule(datetime(2026, 11, 23, 2, 0, tzinfo=UTC), instance)  # Monday 02:00
+    requests = tick.run_requests
+    assert [split_partition_key(r.partition_key) for r in requests] == [(LAST_WEEK, s) for s in shard_ids(8)]
+    valid = set(report_partitions_def.get_partition_keys(current_time=NOW))
+    assert all(r.partition_key in valid for r in requests)
+    assert len({r.run_key for r in requests}) == 8
+    # A repeated or late tick for the same week asks for the same runs: run keys keep them from launching twice.
+    again = evaluate_schedule(datetime(2026, 11, 24, 9, 0, tzinfo=UTC), instance)
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in requests]
+
+
+def test_schedule_skips_weeks_before_the_first_report_week(instance):
+    tick = evaluate_schedule(datetime(2024, 6, 5, tzinfo=UTC), instance)
+    assert not tick.run_requests and "before the first report week" in tick.skip_message
+
+
+def test_delivery_sensor_launches_one_run_per_materialized_partition_and_never_repeats(pipeline, instance):
+    seed(pipeline.db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=4, now=NOW)
+    definitions = pipeline.definitions()
+    sensor = definitions.resolve_sensor_def("report_delivery_sensor")
+
+    def tick(cursor):
+        return sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor, definitions=definitions))
+
+    first = tick(None)
+    assert not first.run_requests  # nothing materialized yet
+
+    job = definitions.resolve_job_def("weekly_reports_job")
+    keys = [k for k in report_partitions_def.get_partition_keys(current_time=NOW)
+            if split_partition_key(k) in {(LAST_WEEK, "01"), (LAST_WEEK, "05")}]
+    for key in keys:
+        assert job.execute_in_process(instance=instance, partition_key=key).success
+
+    second = tick(first.cursor)
+    assert sorted(r.partition_key for r in second.run_requests) == sorted(keys)
+    assert sensor.job_name == "report_delivery_job"
+    assert not tick(second.cursor).run_requests  # the cursor moved past them
+
+    # A re-materialization is a new event: delivery runs again (and sends nothing twice, see the e2e tests).
+    assert job.execute_in_process(instance=instance, partition_key=keys[0]).success
+    third = tick(second.cursor)
+    assert [r.partition_key for r in third.run_requests] == [keys[0]]
+    assert third.run_requests[0].run_key != second.run_requests[0].run_key

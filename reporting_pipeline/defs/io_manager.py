@@ -10,7 +10,7 @@ import json
 import pickle
 from collections.abc import Iterable, Iterator
 
-from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
+from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from reporting_pipeline.objectstore import BlobStore, DirectoryBlobStore, S3BlobStore
 
@@ -83,7 +83,7 @@ class FilesystemBatchIOManager(_BatchIO, ConfigurableIOManager):
 class S3BatchIOManager(_BatchIO, ConfigurableIOManager):
     """Batches as encrypted S3 objects under `prefix` (production: run pods share no disk)."""
 
-    s3: ResourceDependency[S3Resource]
+    s3: S3Resource
     prefix: str = "dagster-io"
 
     def _store(self) -> BlobStore:

@@ -1,0 +1,21 @@
+import pytest
+
+from reporting_pipeline import settings
+
+
+def test_defaults(monkeypatch):
+    for name in ("REPORT_TIMEZONE", "REPORT_SHARDS", "REPORT_LINK_TTL_HOURS", "REPORT_BATCH_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.PipelineSettings.from_env() == settings.PipelineSettings("UTC", 8, 72, 50)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("REPORT_LINK_TTL_HOURS", "169", "between 1 and 168"),
+    ("REPORT_LINK_TTL_HOURS", "three", "whole number"),
+    ("REPORT_SHARDS", "0", "between 1 and 4096"),
+    ("REPORT_TIMEZONE", "Mars/Olympus", "not a known IANA timezone"),
+])
+def test_bad_values_are_refused_with_a_clear_message(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError, match=message):
+        settings.PipelineSettings.from_env()

@@ -6,6 +6,7 @@ Memory is bounded by the batch size, never by the number of subscribers in the s
 from __future__ import annotations
 
 import math
+from itertools import batched
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,17 +125,6 @@ def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_si
     return db[mongo.SUBSCRIPTIONS].find(query).sort("_id", 1).batch_size(batch_size)
 
 
-def _batches(cursor, size: int) -> Iterator[list[dict]]:
-    batch: list[dict] = []
-    for doc in cursor:
-        batch.append(doc)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscriptions: list[dict]) -> list[SubscriberWeek]:
     """Load records (this and the previous week) and this week's files for a batch of subscriptions."""
     participants = sorted({s["participant_id"] for s in subscriptions})
@@ -192,5 +182,5 @@ def iter_subscriber_batches(
 ) -> Iterator[list[SubscriberWeek]]:
     """Stream a shard's subscribers, one fetched batch at a time."""
     cursor = active_subscriptions(db, shard_id, shard_count, batch_size)
-    for subscriptions in _batches(cursor, batch_size):
-        yield fetch_batch(db, s3, bucket, week, shard_id, subscriptions)
+    for subscriptions in batched(cursor, batch_size):
+        yield fetch_batch(db, s3, bucket, week, shard_id, list(subscriptions))

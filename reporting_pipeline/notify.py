@@ -10,11 +10,11 @@ import hashlib
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
+from itertools import batched
 
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
@@ -180,16 +180,9 @@ def release_delivery(db: Database, subscription_id: str, week_key: str, owner: s
     )
 
 
-def _report_batches(db: Database, week_key: str, shard_id: str, size: int) -> Iterator[list[dict]]:
+def _report_batches(db: Database, week_key: str, shard_id: str, size: int):
     cursor = db[mongo.REPORTS].find({"week": week_key, "shard": shard_id}).sort("subscription_id", 1).batch_size(size)
-    batch: list[dict] = []
-    for report in cursor:
-        batch.append(report)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return batched(cursor, size)
 
 
 def deliver_shard(

@@ -16,6 +16,7 @@ from pymongo.database import Database
 
 from . import mongo
 from .errors import Issue, ReportInputError
+from .retry import call_with_retry, is_transient
 
 STAGES = ("fetch", "aggregate", "render", "store", "deliver")
 
@@ -38,40 +39,42 @@ def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: 
         raise ValueError(f"unknown stage {stage!r}")
     code, message = _describe(error)
     now = datetime.now(UTC)
-    db[mongo.DEAD_LETTERS].update_one(
+    call_with_retry(lambda: db[mongo.DEAD_LETTERS].update_one(
         {"subscription_id": subscription_id, "week": week, "stage": stage},
         {
             "$set": {
                 "error_class": type(error).__name__,
                 "code": code,
                 "message": message,
+                "transient": is_transient(error),
                 "last_seen": now,
                 "status": "open",
             },
             "$setOnInsert": {"first_seen": now},
-            "$inc": {"attempts": 1},
+            # Every try counts: those of this run's in-step retries and those of earlier runs.
+            "$inc": {"attempts": getattr(error, "attempts", 1)},
         },
         upsert=True,
-    )
+    ))
 
 
 def resolve_dead_letters(db: Database, *, subscription_id: str, week: str, stages: tuple[str, ...]) -> None:
     """Close open dead letters once a later attempt got past those stages."""
-    db[mongo.DEAD_LETTERS].update_many(
+    call_with_retry(lambda: db[mongo.DEAD_LETTERS].update_many(
         {"subscription_id": subscription_id, "week": week, "stage": {"$in": list(stages)}, "status": "open"},
         {"$set": {"status": "resolved", "resolved_at": datetime.now(UTC)}},
-    )
+    ))
 
 
 def record_data_issues(db: Database, *, subscription_id: str, week: str, issues: list[Issue]) -> None:
     """Record the items left out of one subscriber's report."""
     now = datetime.now(UTC)
     for issue in issues:
-        db[mongo.DATA_ISSUES].update_one(
+        call_with_retry(lambda issue=issue: db[mongo.DATA_ISSUES].update_one(
             {"subscription_id": subscription_id, "week": week, "ref": issue.ref, "code": issue.code},
             {
                 "$set": {"stage": issue.stage, "message": issue.message[:500], "last_seen": now},
                 "$setOnInsert": {"first_seen": now},
             },
             upsert=True,
-        )
+        ))

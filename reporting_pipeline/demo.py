@@ -45,6 +45,11 @@ def materialization_metadata(run, asset_name: str) -> dict:
     return {}
 
 
+def _run_tags(request) -> dict:
+    """The tags the daemon would put on a run launched for this request."""
+    return {**request.tags, **({"dagster/run_key": request.run_key} if request.run_key else {})}
+
+
 def run_weekly_cycle(defs, instance: DagsterInstance, now: datetime, progress=lambda msg: None,
                      sensor_cursor: str | None = None, log_level: str = "WARNING") -> tuple[CycleResult, str | None]:
     """Evaluate the schedule at `now`, execute its runs, then let the delivery sensor launch delivery runs.
@@ -60,7 +65,7 @@ def run_weekly_cycle(defs, instance: DagsterInstance, now: datetime, progress=la
     for i, request in enumerate(tick.run_requests or [], start=1):
         result.week = request.tags["report/week"]
         run = report_job.execute_in_process(instance=instance, partition_key=request.partition_key,
-                                            tags=request.tags, raise_on_error=False, run_config=run_config)
+                                            tags=_run_tags(request), raise_on_error=False, run_config=run_config)
         result.report_runs.append(run)
         done = materialization_metadata(run, "report_pdfs")
         progress(f"[{i}/{len(tick.run_requests)}] reports week {request.tags['report/week']} "
@@ -76,7 +81,7 @@ def run_weekly_cycle(defs, instance: DagsterInstance, now: datetime, progress=la
             break
         for request in evaluation.run_requests:
             run = delivery_job.execute_in_process(instance=instance, partition_key=request.partition_key,
-                                                  tags=request.tags, raise_on_error=False, run_config=run_config)
+                                                  tags=_run_tags(request), raise_on_error=False, run_config=run_config)
             result.delivery_runs.append(run)
             done = materialization_metadata(run, "report_deliveries")
             progress(f"delivery week {request.tags['report/week']} shard {request.tags['report/shard']}: "

@@ -10,7 +10,7 @@ from itertools import batched
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from botocore.exceptions import ClientError
 from pymongo.database import Database
@@ -19,8 +19,9 @@ from . import mongo
 from .dead_letters import record_dead_letter
 from .errors import ChecksumMismatch, FileTooLarge, Issue, MalformedRecord, MissingObject, ReportInputError
 from .objectstore import is_not_found, sha256_hex
+from .retry import Breaker, call_with_retry
 from .sharding import shard_filter
-from .weeks import Week
+from .weeks import Week, as_utc
 
 # Larger files are refused before download: no diary note or photo needs more.
 MAX_FILE_BYTES = 25 * 1024 * 1024
@@ -52,11 +53,6 @@ class SubscriberWeek:
     records: list[dict] = field(default_factory=list)
     files: list[FileItem] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """MongoDB stores UTC; a client without tz_aware hands back naive datetimes."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _number(value, what: str, ref: str) -> float:
@@ -119,9 +115,12 @@ def read_file(s3, bucket: str, meta: dict) -> FileItem:
     return FileItem(ref, meta.get("kind", ""), as_utc(meta["recorded_at"]), meta.get("content_type", ""), data)
 
 
-def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_size: int):
-    """Cursor over one shard's active subscriptions, in a stable order."""
+def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_size: int,
+                         only: list[str] | None = None):
+    """Cursor over one shard's active subscriptions (or just `only` of them), in a stable order."""
     query = {"status": "active", **shard_filter(shard_id, shard_count)}
+    if only:
+        query["_id"] = {"$in": list(only)}
     return db[mongo.SUBSCRIPTIONS].find(query).sort("_id", 1).batch_size(batch_size)
 
 
@@ -129,12 +128,14 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
     """Load records (this and the previous week) and this week's files for a batch of subscriptions."""
     participants = sorted({s["participant_id"] for s in subscriptions})
     trial_ids = sorted({s["trial_id"] for s in subscriptions})
-    trials = {t["_id"]: t for t in db[mongo.TRIALS].find({"_id": {"$in": trial_ids}})}
+    trials = {t["_id"]: t for t in call_with_retry(lambda: list(db[mongo.TRIALS].find({"_id": {"$in": trial_ids}})))}
     window = {"$gte": week.previous().start_utc, "$lt": week.end_utc}
+    record_docs = call_with_retry(lambda: list(
+        db[mongo.RECORDS].find({"participant_id": {"$in": participants}, "recorded_at": window}).sort("_id", 1)))
 
     records = defaultdict(list)
     raw_issues = defaultdict(list)
-    for doc in db[mongo.RECORDS].find({"participant_id": {"$in": participants}, "recorded_at": window}).sort("_id", 1):
+    for doc in record_docs:
         owner = (doc.get("trial_id"), doc.get("participant_id"))
         try:
             records[owner].append(parse_record(doc))
@@ -146,10 +147,12 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
         "recorded_at": {"$gte": week.start_utc, "$lt": week.end_utc},
     }
     file_metas = defaultdict(list)
-    for meta in db[mongo.FILES].find(file_query).sort([("recorded_at", 1), ("_id", 1)]):
+    file_docs = call_with_retry(lambda: list(db[mongo.FILES].find(file_query).sort([("recorded_at", 1), ("_id", 1)])))
+    for meta in file_docs:
         file_metas[(meta.get("trial_id"), meta.get("participant_id"))].append(meta)
 
     bundles = []
+    breaker = Breaker()
     for sub in subscriptions:
         owner = (sub["trial_id"], sub["participant_id"])
         bundle = SubscriberWeek(
@@ -167,20 +170,23 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
         try:
             for meta in file_metas.get(owner, []):
                 try:
-                    bundle.files.append(read_file(s3, bucket, meta))
+                    bundle.files.append(call_with_retry(lambda meta=meta: read_file(s3, bucket, meta)))
                 except ReportInputError as error:
                     bundle.issues.append(Issue.from_error("fetch", error))
         except Exception as error:  # one subscriber's failure must not sink the batch
             record_dead_letter(db, subscription_id=bundle.subscription_id, week=week.key, stage="fetch", error=error)
+            breaker.failed(error)
             continue
+        breaker.succeeded()
         bundles.append(bundle)
     return bundles
 
 
 def iter_subscriber_batches(
-    db: Database, s3, bucket: str, week: Week, shard_id: str, shard_count: int, batch_size: int
+    db: Database, s3, bucket: str, week: Week, shard_id: str, shard_count: int, batch_size: int,
+    only: list[str] | None = None,
 ) -> Iterator[list[SubscriberWeek]]:
     """Stream a shard's subscribers, one fetched batch at a time."""
-    cursor = active_subscriptions(db, shard_id, shard_count, batch_size)
+    cursor = active_subscriptions(db, shard_id, shard_count, batch_size, only)
     for subscriptions in batched(cursor, batch_size):
         yield fetch_batch(db, s3, bucket, week, shard_id, list(subscriptions))

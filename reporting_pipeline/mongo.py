@@ -74,7 +74,8 @@ def connect(uri: str):
             if uri not in _MOCK_CLIENTS:
                 _MOCK_CLIENTS[uri] = mongomock.MongoClient(tz_aware=True)
             return _MOCK_CLIENTS[uri]
-    return pymongo.MongoClient(uri, tz_aware=True, appname="reporting-pipeline")
+    # Retries happen once, in reporting_pipeline.retry; every write the pipeline makes is idempotent.
+    return pymongo.MongoClient(uri, tz_aware=True, appname="reporting-pipeline", retryWrites=False, retryReads=False)
 
 
 def ensure_indexes(db: Database) -> None:

@@ -23,8 +23,9 @@ from . import mongo
 from .dead_letters import record_dead_letter, resolve_dead_letters
 from .errors import InvalidEmailAddress
 from .objectstore import presigned_get_url
+from .retry import Breaker, call_with_retry
 from .settings import MAX_LINK_TTL_HOURS
-from .weeks import Week
+from .weeks import Week, as_utc
 
 SUBJECT = "Your weekly report is ready"
 # Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
@@ -151,9 +152,14 @@ def claim_delivery(db: Database, subscription_id: str, week_key: str, owner: str
         return True
     except DuplicateKeyError:
         pass
-    # Only a failed send, or one whose lease ran out (its holder died), can be taken over.
+    # Only a failed send, or one whose lease ran out (its holder died), can be taken over. A claim
+    # already held by this owner is ours: the insert went through but its reply was lost.
     taken = db[mongo.DELIVERIES].find_one_and_update(
-        {"_id": key, "$or": [{"status": "failed"}, {"status": "sending", "lease_expires_at": {"$lt": now}}]},
+        {"_id": key, "$or": [
+            {"status": "failed"},
+            {"status": "sending", "lease_expires_at": {"$lt": now}},
+            {"status": "sending", "owner": owner},
+        ]},
         {"$set": {"status": "sending", "owner": owner, "lease_expires_at": now + lease}, "$inc": {"attempts": 1}},
     )
     return taken is not None
@@ -180,6 +186,24 @@ def release_delivery(db: Database, subscription_id: str, week_key: str, owner: s
     )
 
 
+class ReportExpiring(Exception):
+    """The stored report is deleted by retention before a useful link could expire."""
+
+
+MIN_LINK_LIFETIME = timedelta(hours=1)
+
+
+def _link_lifetime(report: dict, ttl: timedelta, retention_days: int | None) -> timedelta:
+    """The link may not outlive the report: shorten it to the report's remaining retention."""
+    if retention_days is None:
+        return ttl
+    stored_at = as_utc(report.get("rendered_at") or report.get("created_at"))
+    remaining = stored_at + timedelta(days=retention_days) - datetime.now(UTC)
+    if remaining < MIN_LINK_LIFETIME:
+        raise ReportExpiring(f"report for subscription {report['subscription_id']} expires in less than an hour")
+    return min(ttl, remaining)
+
+
 def _report_batches(db: Database, week_key: str, shard_id: str, size: int):
     cursor = db[mongo.REPORTS].find({"week": week_key, "shard": shard_id}).sort("subscription_id", 1).batch_size(size)
     return batched(cursor, size)
@@ -198,11 +222,13 @@ def deliver_shard(
     unsubscribe_url: str,
     batch_size: int = 50,
     lease: timedelta = timedelta(minutes=15),
+    retention_days: int | None = None,
     log=None,
 ) -> DeliverySummary:
     """Email every stored report of one (week, shard) that has not been emailed yet."""
     ttl = link_ttl(link_ttl_hours)
     summary = DeliverySummary()
+    breaker = Breaker()
     for batch in _report_batches(db, week.key, shard_id, batch_size):
         ids = [r["subscription_id"] for r in batch]
         subscriptions = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}})}
@@ -220,25 +246,46 @@ def deliver_shard(
                     record_dead_letter(db, subscription_id=sub_id, week=week.key, stage="deliver", error=error)
                     summary.failed += 1
                     continue
-                if not claim_delivery(db, sub_id, week.key, owner, lease):
+                if not call_with_retry(lambda: claim_delivery(db, sub_id, week.key, owner, lease)):
                     summary.already_sent += 1
                     continue
                 msg_id = message_id(sub_id, week.key, smtp.email_from)
                 try:
-                    expires_at = datetime.now(UTC) + ttl
-                    link = presigned_get_url(s3, bucket, report["s3_key"], int(ttl.total_seconds()))
+                    link_lifetime = _link_lifetime(report, ttl, retention_days)
+                    expires_at = datetime.now(UTC) + link_lifetime
+                    link = presigned_get_url(s3, bucket, report["s3_key"], int(link_lifetime.total_seconds()))
                     message = compose_email(to=address, email_from=smtp.email_from, link=link, expires_at=expires_at,
                                             week=week, msg_id=msg_id, unsubscribe_url=unsubscribe_url)
-                    session.send(message)
+                    # Safe to retry: a transient SMTP failure (4xx, refused connection) means not accepted.
+                    call_with_retry(lambda: session.send(message))
                 except Exception as error:  # one failed send must not stop the shard
-                    release_delivery(db, sub_id, week.key, owner)
+                    call_with_retry(lambda: release_delivery(db, sub_id, week.key, owner))
                     record_dead_letter(db, subscription_id=sub_id, week=week.key, stage="deliver", error=error)
                     summary.failed += 1
                     if log:
                         log.warning(f"delivery failed for subscription {sub_id}: {type(error).__name__}")
+                    breaker.failed(error)
                     continue
-                complete_delivery(db, sub_id, week.key, owner, report, msg_id)
+                breaker.succeeded()
+                call_with_retry(lambda: complete_delivery(db, sub_id, week.key, owner, report, msg_id))
                 resolve_dead_letters(db, subscription_id=sub_id, week=week.key, stages=("deliver",))
                 summary.sent += 1
                 summary.message_ids.append(msg_id)
     return summary
+
+
+def compose_alert(*, to: str, email_from: str, job: str, partition: str, run_id: str, attempts: int,
+                  reason: str, ui_url: str) -> EmailMessage:
+    """Operator alert for a partition that stays failed; names runs and partitions, never participants."""
+    message = EmailMessage()
+    message["Subject"] = f"[reporting] {job} failed for partition {partition} after {attempts} redrive(s)"
+    message["From"] = email_from
+    message["To"] = to
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message.set_content(
+        f"Job: {job}\nPartition: {partition}\nRun: {run_id}\nRedrive attempts: {attempts}\n"
+        f"Reason: {reason[:300]}\n\n"
+        f"The partition stays failed until someone re-runs it: {ui_url.rstrip('/')}/runs/{run_id}\n"
+        "Backfill it from the asset's Partitions tab once the cause is fixed.\n"
+    )
+    return message

@@ -52,6 +52,16 @@ def batch_size() -> int:
     return _int("REPORT_BATCH_SIZE", 50, 1, 10_000)
 
 
+def retention_days() -> int:
+    """Days a stored report is kept (REPORT_RETENTION_DAYS, default 90)."""
+    return _int("REPORT_RETENTION_DAYS", 90, 1, 3650)
+
+
+def delivery_lease_seconds() -> int:
+    """How long a delivery claim is held before another run may take it over (default 900)."""
+    return _int("REPORT_DELIVERY_LEASE_SECONDS", 900, 1, 86_400)
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """The non-secret knobs of one deployment."""

@@ -11,6 +11,7 @@ from . import mongo
 from .aggregate import AggregatedReport
 from .dead_letters import record_dead_letter, resolve_dead_letters
 from .render import render_report
+from .retry import Breaker, call_with_retry
 from .objectstore import Encryption, put_if_changed, sha256_hex
 
 PDF = "application/pdf"
@@ -111,18 +112,22 @@ class PublishSummary:
 def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports: list[AggregatedReport]) -> PublishSummary:
     """Render and store each report of a batch; one failure is a dead letter, not a stopped batch."""
     summary = PublishSummary()
+    breaker = Breaker()
     for report in reports:
         stage = "render"
         try:
             pdf, pages = render_report(report)
             stage = "store"
-            store_report(db, s3, bucket, encryption, subscription_id=report.subscription_id,
-                         week_key=report.week_key, shard_id=report.shard_id, pdf=pdf, pages=pages)
+            call_with_retry(lambda: store_report(
+                db, s3, bucket, encryption, subscription_id=report.subscription_id, week_key=report.week_key,
+                shard_id=report.shard_id, pdf=pdf, pages=pages))
         except Exception as error:
             record_dead_letter(db, subscription_id=report.subscription_id, week=report.week_key, stage=stage,
                                error=error)
             summary.failed += 1
+            breaker.failed(error)
             continue
+        breaker.succeeded()
         resolve_dead_letters(db, subscription_id=report.subscription_id, week=report.week_key,
                              stages=("fetch", "aggregate", "render", "store"))
         summary.rendered += 1

@@ -63,6 +63,11 @@ class Week:
         return cls(monday, timezone)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """MongoDB stores UTC; a client without tz_aware hands back naive datetimes."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def week_containing(moment: datetime, timezone: str) -> Week:
     """The week a moment falls in, judged by the wall clock in `timezone`."""
     if moment.tzinfo is None:

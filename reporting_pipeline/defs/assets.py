@@ -2,8 +2,10 @@
 
 
 import time
+import uuid
+from datetime import timedelta
 
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, Backoff, Config, Jitter, MaterializeResult, RetryPolicy, asset
 
 from reporting_pipeline.aggregate import aggregate_batch
 from reporting_pipeline.fetch import iter_subscriber_batches
@@ -16,6 +18,9 @@ from .partitions import REPORT_SHARDS, REPORT_TIMEZONE, report_partitions_def, s
 from .resources import MongoResource, ReportSettingsResource, S3Resource, SmtpResource
 
 GROUP = "weekly_reports"
+# Step-level retries cover what fails a whole step (the subscription cursor, the IO manager, a breaker
+# trip during an outage); per-subscriber calls retry inside the step (reporting_pipeline.retry).
+STEP_RETRY = RetryPolicy(max_retries=3, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
 
 
 def _week_and_shard(context: AssetExecutionContext) -> tuple[Week, str]:
@@ -23,9 +28,20 @@ def _week_and_shard(context: AssetExecutionContext) -> tuple[Week, str]:
     return Week.from_key(week_key, REPORT_TIMEZONE), shard_id
 
 
-@asset(partitions_def=report_partitions_def, group_name=GROUP, io_manager_key="batch_io_manager")
+class FetchConfig(Config):
+    """Restrict a run to some subscribers of the shard (a redrive); empty means all of them."""
+
+    subscription_ids: list[str] = []
+
+
+@asset(partitions_def=report_partitions_def, group_name=GROUP, io_manager_key="batch_io_manager",
+       retry_policy=STEP_RETRY)
 def fetched_records(
-    context: AssetExecutionContext, mongo: MongoResource, s3: S3Resource, report_settings: ReportSettingsResource
+    context: AssetExecutionContext,
+    config: FetchConfig,
+    mongo: MongoResource,
+    s3: S3Resource,
+    report_settings: ReportSettingsResource,
 ) -> BatchStream:
     """Each active subscriber of the shard with the week's records and file bytes, streamed in batches."""
     week, shard_id = _week_and_shard(context)
@@ -34,7 +50,7 @@ def fetched_records(
 
     def batches():
         for batch in iter_subscriber_batches(db, client, s3.bucket, week, shard_id, REPORT_SHARDS,
-                                             report_settings.batch_size):
+                                             report_settings.batch_size, only=config.subscription_ids):
             stats["subscribers"] += len(batch)
             stats["records"] += sum(len(b.records) for b in batch)
             stats["files"] += sum(len(b.files) for b in batch)
@@ -45,7 +61,8 @@ def fetched_records(
     return BatchStream(batches(), stats)
 
 
-@asset(partitions_def=report_partitions_def, group_name=GROUP, io_manager_key="batch_io_manager")
+@asset(partitions_def=report_partitions_def, group_name=GROUP, io_manager_key="batch_io_manager",
+       retry_policy=STEP_RETRY)
 def aggregated_tables(context: AssetExecutionContext, fetched_records: BatchStream, mongo: MongoResource) -> BatchStream:
     """Per-metric summary tables, daily means, adherence, excerpts and thumbnails per subscriber."""
     db = mongo.get_db()
@@ -60,7 +77,7 @@ def aggregated_tables(context: AssetExecutionContext, fetched_records: BatchStre
     return BatchStream(batches(), stats)
 
 
-@asset(partitions_def=report_partitions_def, group_name=GROUP)
+@asset(partitions_def=report_partitions_def, group_name=GROUP, retry_policy=STEP_RETRY)
 def report_pdfs(
     context: AssetExecutionContext, aggregated_tables: BatchStream, mongo: MongoResource, s3: S3Resource
 ) -> MaterializeResult:
@@ -74,7 +91,7 @@ def report_pdfs(
     return MaterializeResult(metadata={**vars(total), "seconds": round(time.monotonic() - started, 3)})
 
 
-@asset(partitions_def=report_partitions_def, group_name=GROUP, deps=[report_pdfs])
+@asset(partitions_def=report_partitions_def, group_name=GROUP, deps=[report_pdfs], retry_policy=STEP_RETRY)
 def report_deliveries(
     context: AssetExecutionContext,
     mongo: MongoResource,
@@ -86,8 +103,12 @@ def report_deliveries(
     week, shard_id = _week_and_shard(context)
     summary = deliver_shard(
         mongo.get_db(), s3.get_client(), s3.bucket, smtp.settings(),
-        week=week, shard_id=shard_id, link_ttl_hours=report_settings.link_ttl_hours, owner=context.run.run_id,
-        unsubscribe_url=report_settings.unsubscribe_url, batch_size=report_settings.batch_size, log=context.log,
+        week=week, shard_id=shard_id, link_ttl_hours=report_settings.link_ttl_hours,
+        # One owner per attempt: a retried step must not mistake a claim its dead predecessor held for its own.
+        owner=f"{context.run.run_id}:{uuid.uuid4().hex[:8]}",
+        unsubscribe_url=report_settings.unsubscribe_url, batch_size=report_settings.batch_size,
+        lease=timedelta(seconds=report_settings.delivery_lease_seconds),
+        retention_days=report_settings.retention_days, log=context.log,
     )
     context.log.info(f"week {week.key} shard {shard_id}: {summary.as_metadata()}")
     return MaterializeResult(metadata=summary.as_metadata())

@@ -14,7 +14,7 @@ from .io_manager import FilesystemBatchIOManager, S3BatchIOManager
 from .jobs import report_delivery_job, weekly_reports_job
 from .resources import MongoResource, ReportSettingsResource, S3Resource, SmtpResource
 from .schedules import weekly_reports_schedule
-from .sensors import report_delivery_sensor
+from .sensors import partition_failure_alert_sensor, redrive_sensor, report_delivery_sensor
 
 
 def _env(name: str, default=None):
@@ -62,6 +62,8 @@ def build_resources() -> dict:
         "report_settings": ReportSettingsResource(
             link_ttl_hours=settings.link_ttl_hours(),
             batch_size=settings.batch_size(),
+            retention_days=settings.retention_days(),
+            delivery_lease_seconds=settings.delivery_lease_seconds(),
             unsubscribe_url=os.environ.get("REPORT_UNSUBSCRIBE_URL", "https://reports.example.org/unsubscribe"),
         ),
         "batch_io_manager": io_manager,
@@ -73,7 +75,7 @@ def build_definitions() -> Definitions:
         assets=[fetched_records, aggregated_tables, report_pdfs, report_deliveries],
         jobs=[weekly_reports_job, report_delivery_job],
         schedules=[weekly_reports_schedule],
-        sensors=[report_delivery_sensor],
+        sensors=[report_delivery_sensor, redrive_sensor, partition_failure_alert_sensor],
         resources=build_resources(),
     )
 

@@ -4,14 +4,21 @@ from dagster import AssetSelection, define_asset_job
 
 from .assets import aggregated_tables, fetched_records, report_deliveries, report_pdfs
 
+# A run whose process died (pod evicted, OOM-killed) is retried from the failed steps by the daemon.
+# Step failures are not: step retry policies already had their go, and the redrive sensor takes over.
+RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE",
+                  "dagster/retry_on_asset_or_op_failure": "false"}
+
 weekly_reports_job = define_asset_job(
     "weekly_reports_job",
     selection=AssetSelection.assets(fetched_records, aggregated_tables, report_pdfs),
     description="Fetch, aggregate, render and store the reports of one (week, shard).",
+    tags=RUN_RETRY_TAGS,
 )
 
 report_delivery_job = define_asset_job(
     "report_delivery_job",
     selection=AssetSelection.assets(report_deliveries),
     description="Email a link to every stored report of one (week, shard) that has not been emailed.",
+    tags=RUN_RETRY_TAGS,
 )

@@ -71,4 +71,6 @@ class ReportSettingsResource(ConfigurableResource):
 
     link_ttl_hours: int = 72
     batch_size: int = 50
+    retention_days: int = 90
+    delivery_lease_seconds: int = 900
     unsubscribe_url: str = "https://reports.example.org/unsubscribe"

@@ -1,0 +1,165 @@
+"""Retention: reports expire after REPORT_RETENTION_DAYS, intermediate step outputs after a week.
+
+Two layers: an S3 lifecycle rule deletes old objects even if the pipeline never runs again, and the
+sweep deletes them itself and marks their `reports` records expired, so MongoDB says what S3 holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import batched
+
+from botocore.exceptions import ClientError
+from pymongo.database import Database
+
+from . import mongo
+from .fetch import as_utc
+from .retry import call_with_retry
+from .settings import _int
+
+DEFAULT_RETENTION_DAYS = 90
+MAX_RETENTION_DAYS = 3650
+REPORTS_PREFIX = "reports/"
+INTERMEDIATE_PREFIX = "dagster-io/"
+# Step outputs carry copies of participant data; no run or re-execution needs them after a week.
+INTERMEDIATE_DAYS = 7
+REPORTS_RULE = "expire-reports"
+INTERMEDIATE_RULE = "expire-intermediate"
+_PROTECTED = ("files/", REPORTS_PREFIX)
+
+
+def retention_days() -> int:
+    """Days a report is kept (REPORT_RETENTION_DAYS, default 90, 1..3650)."""
+    return _int("REPORT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 1, MAX_RETENTION_DAYS)
+
+
+def _check_days(days: int) -> int:
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ValueError(f"retention must be a whole number of days between 1 and {MAX_RETENTION_DAYS}, got {days!r}")
+    return days
+
+
+def _check_intermediate_prefix(prefix: str) -> str:
+    # A wrong prefix ("" or "reports/") would make the weekly clean-up delete participant files or reports.
+    normal = prefix.strip("/") + "/"
+    if normal == "/" or any(p.startswith(normal) or normal.startswith(p) for p in _PROTECTED):
+        raise ValueError(f"intermediate prefix {prefix!r} is empty or overlaps files/ or reports/")
+    return normal
+
+
+def lifecycle_rules(days: int, intermediate_prefix: str = INTERMEDIATE_PREFIX) -> list[dict]:
+    """The pipeline's own lifecycle rules."""
+    # In a versioned bucket expiration only adds a delete marker; the old versions must go too.
+    noncurrent = {"NoncurrentVersionExpiration": {"NoncurrentDays": 1}}
+    return [
+        {"ID": REPORTS_RULE, "Filter": {"Prefix": REPORTS_PREFIX}, "Status": "Enabled",
+         "Expiration": {"Days": _check_days(days)}, **noncurrent},
+        {"ID": INTERMEDIATE_RULE, "Filter": {"Prefix": _check_intermediate_prefix(intermediate_prefix)},
+         "Status": "Enabled", "Expiration": {"Days": INTERMEDIATE_DAYS}, **noncurrent},
+    ]
+
+
+def apply_lifecycle(s3, bucket: str, days: int, *, intermediate_prefix: str = INTERMEDIATE_PREFIX) -> bool:
+    """Put our lifecycle rules on the bucket, keeping everyone else's; True if the configuration changed."""
+    ours = lifecycle_rules(days, intermediate_prefix)
+    try:
+        current = s3.get_bucket_lifecycle_configuration(Bucket=bucket)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        current = {}
+    existing = current.get("Rules", [])
+    rules = [rule for rule in existing if rule.get("ID") not in {r["ID"] for r in ours}] + ours
+    if rules == existing:
+        return False
+    args = {"Bucket": bucket, "LifecycleConfiguration": {"Rules": rules}}
+    if "TransitionDefaultMinimumObjectSize" in current:
+        args["TransitionDefaultMinimumObjectSize"] = current["TransitionDefaultMinimumObjectSize"]
+    s3.put_bucket_lifecycle_configuration(**args)
+    return True
+
+
+def report_expires_at(report_doc: dict, days: int) -> datetime | None:
+    """When a report falls out of retention: rendered (or else created) plus `days`; None if neither is known."""
+    moment = report_doc.get("rendered_at") or report_doc.get("created_at")
+    return None if moment is None else as_utc(moment) + timedelta(days=days)
+
+
+@dataclass
+class SweepReport:
+    reports_expired: int = 0
+    report_objects_deleted: int = 0
+    intermediate_scanned: int = 0
+    intermediate_deleted: int = 0
+    delete_errors: int = 0
+
+    def as_metadata(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+def _delete_keys(s3, bucket: str, keys: list[str]) -> set[str]:
+    """Delete objects (absent ones count as deleted); returns the keys S3 refused to delete."""
+    if not keys:
+        return set()
+    result = call_with_retry(lambda: s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}))
+    return {error["Key"] for error in result.get("Errors", [])}
+
+
+def _expire_reports(db: Database, s3, bucket: str, now: datetime, days: int, page_size: int,
+                    report: SweepReport) -> None:
+    cutoff = now - timedelta(days=days)
+    query = {
+        "status": {"$ne": "expired"},
+        "$or": [{"rendered_at": {"$lt": cutoff}}, {"rendered_at": None, "created_at": {"$lt": cutoff}}],
+    }
+    cursor = db[mongo.REPORTS].find(query, {"s3_key": 1}).sort("_id", 1).batch_size(page_size)
+    for batch in batched(cursor, page_size):
+        keys = [doc["s3_key"] for doc in batch if doc.get("s3_key")]
+        refused = _delete_keys(s3, bucket, keys)
+        report.report_objects_deleted += len(keys) - len(refused)
+        report.delete_errors += len(refused)
+        # Object first, record after: a record marked expired never points at an object still there.
+        done = [doc["_id"] for doc in batch if doc.get("s3_key") not in refused]
+        if done:
+            result = db[mongo.REPORTS].update_many({"_id": {"$in": done}, **query},
+                                                   {"$set": {"status": "expired", "expired_at": now}})
+            report.reports_expired += result.modified_count
+
+
+def _expire_intermediate(s3, bucket: str, prefix: str, now: datetime, page_size: int, report: SweepReport) -> None:
+    cutoff = now - timedelta(days=INTERMEDIATE_DAYS)
+    args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    while True:
+        page = call_with_retry(lambda: s3.list_objects_v2(**args))
+        contents = page.get("Contents", [])
+        report.intermediate_scanned += len(contents)
+        old = [item["Key"] for item in contents if as_utc(item["LastModified"]) < cutoff]
+        refused = _delete_keys(s3, bucket, old)
+        report.intermediate_deleted += len(old) - len(refused)
+        report.delete_errors += len(refused)
+        if not page.get("IsTruncated"):
+            return
+        # The token marks a position in key order, so deleting what was listed does not skip anything.
+        args["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def sweep(
+    db: Database,
+    s3,
+    bucket: str,
+    *,
+    now: datetime,
+    days: int,
+    page_size: int = 500,
+    intermediate_prefix: str = INTERMEDIATE_PREFIX,
+) -> SweepReport:
+    """Delete reports past retention and week-old intermediate objects, marking the reports expired."""
+    if not 1 <= page_size <= 1000:
+        raise ValueError(f"page_size must be between 1 and 1000 (the S3 batch delete maximum), got {page_size}")
+    prefix = _check_intermediate_prefix(intermediate_prefix)
+    report = SweepReport()
+    _expire_reports(db, s3, bucket, now, _check_days(days), page_size, report)
+    _expire_intermediate(s3, bucket, prefix, now, page_size, report)
+    return report

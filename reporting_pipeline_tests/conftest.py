@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
+import os
+
+# Short waits in tests: step retries and in-step backoff keep their shape, not their production length.
+os.environ.setdefault("REPORT_STEP_RETRY_DELAY_SECONDS", "0.05")
+os.environ.setdefault("REPORT_RETRY_BASE_SECONDS", "0.02")
+
+import pytest  # noqa: E402
 from dagster import DagsterInstance
 from pypdf import PdfReader
 

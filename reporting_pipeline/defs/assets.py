@@ -1,6 +1,7 @@
 """Assets: fetched_records -> aggregated_tables -> report_pdfs -> report_deliveries, per (week, shard)."""
 
 
+import os
 import time
 import uuid
 from datetime import timedelta
@@ -20,7 +21,8 @@ from .resources import MongoResource, ReportSettingsResource, S3Resource, SmtpRe
 GROUP = "weekly_reports"
 # Step-level retries cover what fails a whole step (the subscription cursor, the IO manager, a breaker
 # trip during an outage); per-subscriber calls retry inside the step (reporting_pipeline.retry).
-STEP_RETRY = RetryPolicy(max_retries=3, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
+STEP_RETRY = RetryPolicy(max_retries=3, delay=float(os.environ.get("REPORT_STEP_RETRY_DELAY_SECONDS", 10)),
+                         backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
 
 
 def _week_and_shard(context: AssetExecutionContext) -> tuple[Week, str]:

@@ -1,0 +1,153 @@
+"""Dead letters and their redrive: CLI, redrive sensor, failed-partition redrive, and the operators' alert."""
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+from dagster import DagsterRunStatus, RunsFilter, build_run_status_sensor_context, build_sensor_context
+
+from reporting_pipeline import mongo
+from reporting_pipeline.defs import sensors
+from reporting_pipeline.defs.partitions import report_partition_key
+from reporting_pipeline.demo import run_weekly_cycle
+from reporting_pipeline.redrive import REDRIVE_REQUESTS
+from reporting_pipeline.seed import seed
+from reporting_pipeline.sharding import shard_of
+
+from .conftest import LAST_WEEK, NOW
+
+
+def cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_dead_letter_redrive_reruns_only_what_is_not_done(pipeline, instance):
+    from reporting_pipeline.embedded import patched_env
+    from reporting_pipeline.wire_mongo import MongoWireServer
+
+    # The CLI runs in its own process, so the database must be a server both can reach.
+    with MongoWireServer() as server, patched_env({"MONGODB_URI": server.uri}):
+        env = {**pipeline.env, "MONGODB_URI": server.uri}
+        db = mongo.connect(server.uri)["reporting"]
+        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
+        victim = seeded.subscription_ids[2]
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": victim}, {"$set": {"email": "broken@@example"}})
+        definitions = pipeline.definitions()
+        run_weekly_cycle(definitions, instance, NOW)
+        assert len(pipeline.outbox.messages) == 5
+        letter = db[mongo.DEAD_LETTERS].find_one({"subscription_id": victim})
+        assert letter["stage"] == "deliver" and letter["status"] == "open"
+
+        # The address is fixed in the product; an operator lists and redrives the dead letter.
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": victim}, {"$set": {"email": "fixed@example.org"}})
+        listed = cli("dead-letters", "list", "--week", LAST_WEEK, env=env)
+        assert listed.returncode == 0 and victim in listed.stdout and "invalid_email" in listed.stdout
+        assert "broken@@example" not in listed.stdout and "1 dead letter(s)" in listed.stdout
+        done = cli("dead-letters", "redrive", "--week", LAST_WEEK, env=env)
+        assert done.returncode == 0 and "queued 1 redrive request(s) for 1 open dead letter(s)" in done.stdout
+
+        sensor = definitions.resolve_sensor_def("redrive_sensor")
+        tick = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=definitions, resources=definitions.resources))
+        assert len(tick.run_requests) == 1
+        request = tick.run_requests[0]
+        assert request.job_name == "report_delivery_job"
+        assert request.partition_key == report_partition_key(LAST_WEEK, shard_of(victim, 8))
+        job = definitions.resolve_job_def(request.job_name)
+        assert job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                      tags={**request.tags, "dagster/run_key": request.run_key}).success
+        assert [m["To"] for m in pipeline.outbox.messages[5:]] == ["fixed@example.org"]  # nobody else again
+        assert db[mongo.DEAD_LETTERS].find_one({"subscription_id": victim})["status"] == "resolved"
+        # Next tick: the request is seen as launched and not requested again.
+        assert not sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=definitions, resources=definitions.resources)).run_requests
+        assert db[REDRIVE_REQUESTS].find_one()["status"] == "launched"
+
+        # Resolving by hand: a second resolve of the same letter says there is nothing open.
+        db[mongo.DEAD_LETTERS].update_one({"_id": letter["_id"]}, {"$set": {"status": "open"}})
+        assert cli("dead-letters", "resolve", str(letter["_id"]), "--note", "checked", env=env).returncode == 0
+        again = cli("dead-letters", "resolve", str(letter["_id"]), env=env)
+        assert again.returncode == 1 and "no open dead letter" in again.stderr
+
+
+def test_report_redrive_runs_only_the_listed_subscribers(pipeline, instance):
+    seeded = seed(pipeline.db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=10, now=NOW)
+    shard = shard_of(seeded.subscription_ids[0], 8)
+    members = [s for s in seeded.subscription_ids if shard_of(s, 8) == shard]
+    from reporting_pipeline.redrive import queue_redrive
+    queue_redrive(pipeline.db, week=LAST_WEEK, shard=shard, subscription_ids=members[:1], reason="test")
+    definitions = pipeline.definitions()
+    request = definitions.resolve_sensor_def("redrive_sensor").evaluate_tick(
+        build_sensor_context(instance=instance, definitions=definitions, resources=definitions.resources)).run_requests[0]
+    result = definitions.resolve_job_def("weekly_reports_job").execute_in_process(
+        instance=instance, partition_key=request.partition_key, run_config=request.run_config, tags=request.tags)
+    assert result.success
+    assert [r["subscription_id"] for r in pipeline.db[mongo.REPORTS].find()] == members[:1]
+
+
+def test_failed_partitions_are_redriven_with_growing_delay_up_to_a_cap(pipeline, instance, monkeypatch):
+    definitions = pipeline.definitions()
+    partition = report_partition_key(LAST_WEEK, "03")
+    job = definitions.resolve_job_def("weekly_reports_job")
+    # Break MongoDB for this run: an unknown host fails the step and, after step retries, the run.
+    monkeypatch.setattr(sensors, "REDRIVE_BASE_DELAY", timedelta(seconds=0))
+    monkeypatch.setattr(sensors, "REDRIVE_MAX_ATTEMPTS", 2)
+    sensor = definitions.resolve_sensor_def("redrive_sensor")
+
+    def failing_run(tags):
+        from reporting_pipeline.defs.definitions import build_definitions
+        from reporting_pipeline.embedded import patched_env
+
+        with patched_env({"MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200",
+                          "REPORT_RETRY_ATTEMPTS": "1"}):
+            broken = build_definitions().resolve_job_def("weekly_reports_job")
+            return broken.execute_in_process(instance=instance, partition_key=partition, tags=tags,
+                                             raise_on_error=False, run_config={"ops": {}})
+
+    assert not failing_run({}).success
+    attempts = []
+    for _ in range(4):
+        requests = [r for r in sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=definitions, resources=definitions.resources))
+                    .run_requests if r.job_name == "weekly_reports_job"]
+        if not requests:
+            break
+        assert [r.partition_key for r in requests] == [partition]
+        attempts.append(requests[0].tags["report/redrive_attempt"])
+        assert not failing_run({**requests[0].tags, "dagster/run_key": requests[0].run_key}).success
+    assert attempts == ["1", "2"]  # capped at 2, then the partition stays failed
+    runs = instance.get_runs(RunsFilter(job_name=job.name, tags={"dagster/partition": partition}))
+    assert len(runs) == 3 and all(r.status == DagsterRunStatus.FAILURE for r in runs)
+    print(f"redrive: partition {partition} failed {len(runs)} times, redriven {len(attempts)} times, then left failed")
+
+
+def test_redrive_waits_longer_after_each_attempt():
+    delays = [sensors.redrive_delay(n) for n in range(6)]
+    assert delays == sorted(delays) and delays[0] == sensors.REDRIVE_BASE_DELAY
+    assert delays[-1] == sensors.REDRIVE_MAX_DELAY
+
+
+def test_final_failure_alerts_operators_without_participant_data(pipeline, instance, monkeypatch):
+    monkeypatch.setenv("OPS_EMAIL", "ops@example.org")
+    definitions = pipeline.definitions()
+    partition = report_partition_key(LAST_WEEK, "05")
+    from reporting_pipeline.defs.definitions import build_definitions
+    from reporting_pipeline.embedded import patched_env
+
+    with patched_env({"MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200", "REPORT_RETRY_ATTEMPTS": "1"}):
+        broken = build_definitions().resolve_job_def("weekly_reports_job")
+    for attempt, expect_alert in ((1, False), (sensors.REDRIVE_MAX_ATTEMPTS, True)):
+        with patched_env({"MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200"}):
+            result = broken.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
+                                               tags={"report/redrive_attempt": str(attempt)})
+        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        context = build_run_status_sensor_context(
+            sensor_name="partition_failure_alert_sensor", dagster_event=failure, dagster_instance=instance,
+            dagster_run=result.dagster_run,
+        ).for_run_failure()
+        before = len(pipeline.outbox.messages)
+        definitions.resolve_sensor_def("partition_failure_alert_sensor")(
+            context, smtp=definitions.resources["smtp"])
+        assert len(pipeline.outbox.messages) - before == (1 if expect_alert else 0)
+    alert = pipeline.outbox.messages[-1]
+    assert alert["To"] == "ops@example.org" and partition in alert["Subject"]
+    assert result.run_id in alert.get_body(("plain",)).get_content()

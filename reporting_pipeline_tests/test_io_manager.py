@@ -25,9 +25,11 @@ def test_batches_travel_through_encrypted_s3_objects_when_configured(pipeline, i
     )
     assert result.success
     prefix = f"dagster-io/fetched_records/week={LAST_WEEK}/shard={shard}/"
+    run_dir = f"{prefix}runs/{result.run_id}/"
     keys = [o["Key"] for o in pipeline.s3.list_objects_v2(Bucket=pipeline.bucket, Prefix=prefix)["Contents"]]
-    # batch size 1: one chunk per subscriber, then the manifest
-    assert sorted(keys) == sorted([f"{prefix}chunk-{i:06d}.pkl" for i in range(len(members))] + [f"{prefix}manifest.json"])
+    # batch size 1: one chunk per subscriber, then the run's manifest and the partition's pointer to it
+    assert sorted(keys) == sorted([f"{run_dir}chunk-{i:06d}.pkl" for i in range(len(members))]
+                                  + [f"{run_dir}manifest.json", f"{prefix}latest.json"])
     assert all(pipeline.s3.head_object(Bucket=pipeline.bucket, Key=k)["ServerSideEncryption"] == "AES256" for k in keys)
     meta = result.asset_materializations_for_node("fetched_records")[0].metadata
     assert meta["subscribers"].value == len(members) and meta["batches"].value == len(members)

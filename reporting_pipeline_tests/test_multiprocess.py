@@ -53,7 +53,7 @@ def test_shard_run_with_steps_in_separate_processes(pipeline, tmp_path):
         assert set(step_pids) == {"fetched_records", "aggregated_tables", "report_pdfs"}
         assert len(set(step_pids.values())) == 3 and os.getpid() not in step_pids.values()
         io_dir = tmp_path / "io" / "fetched_records" / f"week={LAST_WEEK}" / f"shard={shard}"
-        assert (io_dir / "manifest.json").exists()
+        assert (io_dir / "latest.json").exists() and (io_dir / "runs" / result.run_id / "manifest.json").exists()
         assert sorted(r["subscription_id"] for r in db[mongo.REPORTS].find()) == sorted(members)
 
         assert run(report_delivery_job, instance, key).success

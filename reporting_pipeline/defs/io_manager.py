@@ -10,6 +10,7 @@ import json
 import pickle
 from collections.abc import Iterable, Iterator
 
+from botocore.exceptions import ClientError
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from reporting_pipeline.objectstore import BlobStore, DirectoryBlobStore, S3BlobStore
@@ -18,6 +19,7 @@ from .partitions import split_partition_key
 from .resources import S3Resource
 
 MANIFEST = "manifest.json"
+LATEST = "latest.json"
 
 
 class BatchStream:
@@ -39,34 +41,60 @@ def _prefix(context: InputContext | OutputContext) -> str:
     return f"{path}/week={week}/shard={shard}"
 
 
+def _run_id(context: InputContext | OutputContext) -> str | None:
+    try:
+        return context.step_context.run_id
+    except Exception:  # loaded outside a run (e.g. a notebook): only the latest output is there
+        return None
+
+
 class _BatchIO:
+    """Each run writes under its own folder, then points the partition's `latest` at it.
+
+    Two runs of the same partition at once (a double launch, a retry racing a redrive) then never
+    mix their chunks: a step reads its own run's upstream output, or else the latest complete one.
+    """
+
     def _store(self) -> BlobStore:
         raise NotImplementedError
 
     def handle_output(self, context: OutputContext, obj) -> None:
         store, prefix = self._store(), _prefix(context)
-        if not isinstance(obj, BatchStream):
-            store.put(f"{prefix}/value.pkl", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-            store.put(f"{prefix}/{MANIFEST}", json.dumps({"value": True}).encode())
-            return
-        chunks = items = 0
-        for batch in obj:
-            store.put(f"{prefix}/chunk-{chunks:06d}.pkl", pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-            chunks += 1
-            items += len(batch)
-        # Written last: a reader sees either the previous complete output or this one, never half.
-        store.put(f"{prefix}/{MANIFEST}", json.dumps({"chunks": chunks, "items": items}).encode())
-        context.add_output_metadata({"batches": chunks, "items": items, **obj.stats})
+        run_dir = f"{prefix}/runs/{context.run_id}"
+        if isinstance(obj, BatchStream):
+            chunks = items = 0
+            for batch in obj:
+                store.put(f"{run_dir}/chunk-{chunks:06d}.pkl", pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+                chunks += 1
+                items += len(batch)
+            manifest = {"run_id": context.run_id, "chunks": chunks, "items": items}
+            context.add_output_metadata({"batches": chunks, "items": items, **obj.stats})
+        else:
+            store.put(f"{run_dir}/value.pkl", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+            manifest = {"run_id": context.run_id, "value": True}
+        # Manifests are written last: a reader sees a complete output or none.
+        data = json.dumps(manifest).encode()
+        store.put(f"{run_dir}/{MANIFEST}", data)
+        store.put(f"{prefix}/{LATEST}", data)
 
     def load_input(self, context: InputContext):
         store, prefix = self._store(), _prefix(context)
-        manifest = json.loads(store.get(f"{prefix}/{MANIFEST}"))
+        manifest = None
+        run_id = _run_id(context)
+        if run_id:
+            try:
+                manifest = json.loads(store.get(f"{prefix}/runs/{run_id}/{MANIFEST}"))
+            except (FileNotFoundError, KeyError, ClientError):
+                manifest = None
+        if manifest is None:
+            manifest = json.loads(store.get(f"{prefix}/{LATEST}"))
+        run_dir = f"{prefix}/runs/{manifest['run_id']}"
         if manifest.get("value"):
-            return pickle.loads(store.get(f"{prefix}/value.pkl"))
+            return pickle.loads(store.get(f"{run_dir}/value.pkl"))
 
         def chunks() -> Iterator[list]:
             for i in range(manifest["chunks"]):
-                yield pickle.loads(store.get(f"{prefix}/chunk-{i:06d}.pkl"))
+                yield pickle.loads(store.get(f"{run_dir}/chunk-{i:06d}.pkl"))
 
         return BatchStream(chunks(), {"items": manifest["items"]})
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 import smtplib
+import traceback
 from datetime import UTC, datetime
 
+from botocore.exceptions import ClientError
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from . import mongo
 from .errors import Issue, ReportInputError
@@ -26,11 +29,27 @@ _ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
+    """(code, message) safe to keep: our own messages are written PHI-free; others are summarised."""
     code = error.code if isinstance(error, ReportInputError) else type(error).__name__
-    if isinstance(error, smtplib.SMTPRecipientsRefused):
+    if isinstance(error, ReportInputError):
+        message = str(error)
+    elif isinstance(error, smtplib.SMTPRecipientsRefused):
         replies = sorted({str(reply[0]) for reply in error.recipients.values()})
-        return code, f"recipient refused by SMTP server (reply {', '.join(replies)})"
-    return code, _ADDRESS.sub("<address>", str(error))[:500]
+        message = f"recipient refused by SMTP server (reply {', '.join(replies)})"
+    elif isinstance(error, smtplib.SMTPResponseException):
+        message = f"SMTP server replied {error.smtp_code}"
+    elif isinstance(error, ClientError):
+        info = error.response.get("Error", {})
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = f"S3 {error.operation_name} failed: {info.get('Code')} (HTTP {status})"
+    elif isinstance(error, PyMongoError):
+        message = f"MongoDB: {str(error)[:200]}"
+    else:
+        # Anything else (a renderer crash, say) may quote the data it choked on: keep only where it broke.
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+        message = f"{type(error).__name__}{where}"
+    return code, _ADDRESS.sub("<address>", message)[:500]
 
 
 def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: str, error: BaseException) -> None:

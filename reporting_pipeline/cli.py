@@ -1,4 +1,4 @@
-"""Command line: `reporting-pipeline seed|demo`."""
+"""Command line: `reporting-pipeline seed|demo|dead-letters|reconcile|retention`."""
 
 from __future__ import annotations
 
@@ -10,17 +10,16 @@ from pathlib import Path
 
 def _seed(args) -> int:
     from . import settings
-    from .objectstore import Encryption, ensure_bucket, make_client
+    from .objectstore import ensure_bucket
     from .seed import seed
 
     db = _database()
     if db is None:
         return 2
-    bucket = os.environ.get("REPORTS_BUCKET", "clinical-reports")
-    s3 = make_client(os.environ.get("AWS_ENDPOINT_URL"))
+    s3, bucket, encryption = _storage()
     if os.environ.get("AWS_ENDPOINT_URL"):
         ensure_bucket(s3, bucket)
-    result = seed(db, s3, bucket, Encryption(os.environ.get("REPORTS_SSE", "AES256"), os.environ.get("REPORTS_KMS_KEY_ID")),
+    result = seed(db, s3, bucket, encryption,
                   subscribers=args.subscribers, weeks=args.weeks, timezone=settings.report_timezone(),
                   rng_seed=args.seed, progress=lambda n, total: print(f"seeded {n}/{total}"))
     print(f"seeded {len(result.subscription_ids)} subscriptions, {result.records} records, {result.files} files "
@@ -65,6 +64,56 @@ def _dead_letters(args) -> int:
     return 1
 
 
+def _storage():
+    from .objectstore import Encryption, make_client
+
+    s3 = make_client(os.environ.get("AWS_ENDPOINT_URL"))
+    encryption = Encryption(os.environ.get("REPORTS_SSE", "AES256"), os.environ.get("REPORTS_KMS_KEY_ID"))
+    return s3, os.environ.get("REPORTS_BUCKET", "clinical-reports"), encryption
+
+
+def _reconcile(args) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from . import settings
+    from .reconcile import reconcile
+
+    db = _database()
+    if db is None:
+        return 2
+    s3, bucket, encryption = _storage()
+    report = reconcile(db, s3, bucket, now=datetime.now(UTC), grace=timedelta(hours=args.grace_hours),
+                       repair=args.repair, page_size=args.page_size, encryption=encryption,
+                       retention=timedelta(days=settings.retention_days()))
+    for name, value in report.as_metadata().items():
+        print(f"{name:24} {value}")
+    for kind, keys in report.samples.items():
+        for key in keys[:10]:
+            print(f"  {kind}: {key}")
+    return 0 if report.clean else 1
+
+
+def _retention(args) -> int:
+    from datetime import UTC, datetime
+
+    from .retain import INTERMEDIATE_PREFIX, apply_lifecycle, retention_days, sweep
+
+    s3, bucket, _ = _storage()
+    days = retention_days()
+    prefix = (os.environ.get("IO_MANAGER_S3_PREFIX") or INTERMEDIATE_PREFIX).strip("/") + "/"
+    if args.action == "apply-lifecycle":
+        changed = apply_lifecycle(s3, bucket, days, intermediate_prefix=prefix)
+        print(f"lifecycle of {bucket}: reports expire after {days} days "
+              f"({'updated' if changed else 'already in place'})")
+        return 0
+    db = _database()
+    if db is None:
+        return 2
+    result = sweep(db, s3, bucket, now=datetime.now(UTC), days=days, intermediate_prefix=prefix)
+    print(" ".join(f"{k}={v}" for k, v in result.as_metadata().items()))
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -92,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("id")
     a.add_argument("--note")
     p.set_defaults(func=_dead_letters)
+    p = sub.add_parser("reconcile", help="compare S3 objects with MongoDB metadata (exit 1 if drift is left)")
+    p.add_argument("--repair", action="store_true", help="re-register or delete orphans, queue re-renders")
+    p.add_argument("--grace-hours", type=float, default=24.0)
+    p.add_argument("--page-size", type=int, default=1000)
+    p.set_defaults(func=_reconcile)
+    p = sub.add_parser("retention", help="S3 lifecycle rule and the sweeper for stores without one")
+    p.add_argument("action", choices=["apply-lifecycle", "sweep"])
+    p.set_defaults(func=_retention)
     p = sub.add_parser("demo", help="run one weekly cycle on embedded services and write the results")
     p.add_argument("--subscribers", type=int, default=24)
     p.add_argument("--out", default="demo-output")

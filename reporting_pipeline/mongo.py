@@ -36,6 +36,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     REPORTS: [
         IndexModel([("subscription_id", ASCENDING), ("week", ASCENDING)], unique=True, name="subscription_week"),
         IndexModel([("week", ASCENDING), ("shard", ASCENDING)], name="week_shard"),
+        IndexModel([("s3_key", ASCENDING)], name="s3_key"),
     ],
     DELIVERIES: [
         IndexModel([("subscription_id", ASCENDING), ("week", ASCENDING)], unique=True, name="subscription_week"),

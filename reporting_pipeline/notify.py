@@ -25,7 +25,8 @@ from .errors import InvalidEmailAddress
 from .objectstore import presigned_get_url
 from .retry import Breaker, call_with_retry
 from .settings import MAX_LINK_TTL_HOURS
-from .weeks import Week, as_utc
+from .retain import report_expires_at
+from .weeks import Week
 
 SUBJECT = "Your weekly report is ready"
 # Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
@@ -197,8 +198,10 @@ def _link_lifetime(report: dict, ttl: timedelta, retention_days: int | None) -> 
     """The link may not outlive the report: shorten it to the report's remaining retention."""
     if retention_days is None:
         return ttl
-    stored_at = as_utc(report.get("rendered_at") or report.get("created_at"))
-    remaining = stored_at + timedelta(days=retention_days) - datetime.now(UTC)
+    expires = report_expires_at(report, retention_days)
+    if expires is None:
+        return ttl
+    remaining = expires - datetime.now(UTC)
     if remaining < MIN_LINK_LIFETIME:
         raise ReportExpiring(f"report for subscription {report['subscription_id']} expires in less than an hour")
     return min(ttl, remaining)

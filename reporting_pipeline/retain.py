@@ -15,10 +15,9 @@ from pymongo.database import Database
 
 from . import mongo
 from .fetch import as_utc
+from . import settings
 from .retry import call_with_retry
-from .settings import _int
 
-DEFAULT_RETENTION_DAYS = 90
 MAX_RETENTION_DAYS = 3650
 REPORTS_PREFIX = "reports/"
 INTERMEDIATE_PREFIX = "dagster-io/"
@@ -31,7 +30,7 @@ _PROTECTED = ("files/", REPORTS_PREFIX)
 
 def retention_days() -> int:
     """Days a report is kept (REPORT_RETENTION_DAYS, default 90, 1..3650)."""
-    return _int("REPORT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 1, MAX_RETENTION_DAYS)
+    return settings.retention_days()
 
 
 def _check_days(days: int) -> int:

@@ -75,7 +75,7 @@ def store_report(
 ) -> dict:
     """Upload one rendered report (encrypted), then upsert its `reports` record."""
     key = report_key(week_key, shard_id, subscription_id)
-    put_if_changed(s3, bucket, key, pdf, PDF, encryption)
+    written = put_if_changed(s3, bucket, key, pdf, PDF, encryption)
     now = datetime.now(UTC)
     doc = {
         "subscription_id": subscription_id,
@@ -85,11 +85,13 @@ def store_report(
         "sha256": sha256_hex(pdf),
         "size": len(pdf),
         "pages": pages,
-        "rendered_at": now,
     }
+    # rendered_at follows the object's age (what S3 lifecycle expiry counts from): it moves only
+    # when new bytes were written, so a link is never promised past the object's deletion.
+    stamp = {"rendered_at": now} if written else {}
     db[mongo.REPORTS].update_one(
         {"subscription_id": subscription_id, "week": week_key},
-        {"$set": doc, "$setOnInsert": {"created_at": now}},
+        {"$set": {**doc, **stamp}, "$setOnInsert": {"created_at": now, **({} if written else {"rendered_at": now})}},
         upsert=True,
     )
     return doc

@@ -15,7 +15,9 @@ from .conftest import LAST_WEEK, NOW
 def test_definitions_load():
     Definitions.validate_loadable(defs)
     assert {a.key.to_user_string() for a in defs.resolve_all_asset_specs()} == {
-        "fetched_records", "aggregated_tables", "report_pdfs", "report_deliveries"}
+        "fetched_records", "aggregated_tables", "report_pdfs", "report_deliveries",
+        "report_retention", "storage_reconciliation"}
+    assert defs.resolve_schedule_def("maintenance_schedule").cron_schedule == "0 4 * * *"
     for name in ("weekly_reports_job", "report_delivery_job"):
         assert defs.resolve_job_def(name).partitions_def == report_partitions_def
 

@@ -12,6 +12,7 @@ from reporting_pipeline import settings
 from .assets import aggregated_tables, fetched_records, report_deliveries, report_pdfs
 from .io_manager import FilesystemBatchIOManager, S3BatchIOManager
 from .jobs import report_delivery_job, weekly_reports_job
+from .maintenance import MAINTENANCE_ASSETS, MAINTENANCE_CHECKS, MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
 from .resources import MongoResource, ReportSettingsResource, S3Resource, SmtpResource
 from .schedules import weekly_reports_schedule
 from .sensors import partition_failure_alert_sensor, redrive_sensor, report_delivery_sensor
@@ -72,9 +73,10 @@ def build_resources() -> dict:
 
 def build_definitions() -> Definitions:
     return Definitions(
-        assets=[fetched_records, aggregated_tables, report_pdfs, report_deliveries],
-        jobs=[weekly_reports_job, report_delivery_job],
-        schedules=[weekly_reports_schedule],
+        assets=[fetched_records, aggregated_tables, report_pdfs, report_deliveries, *MAINTENANCE_ASSETS],
+        asset_checks=MAINTENANCE_CHECKS,
+        jobs=[weekly_reports_job, report_delivery_job, *MAINTENANCE_JOBS],
+        schedules=[weekly_reports_schedule, *MAINTENANCE_SCHEDULES],
         sensors=[report_delivery_sensor, redrive_sensor, partition_failure_alert_sensor],
         resources=build_resources(),
     )

@@ -58,7 +58,8 @@ def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: 
         raise ValueError(f"unknown stage {stage!r}")
     code, message = _describe(error)
     now = datetime.now(UTC)
-    call_with_retry(lambda: db[mongo.DEAD_LETTERS].update_one(
+    call_with_retry(lambda: mongo.upsert(
+        db[mongo.DEAD_LETTERS],
         {"subscription_id": subscription_id, "week": week, "stage": stage},
         {
             "$set": {
@@ -73,7 +74,6 @@ def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: 
             # Every try counts: those of this run's in-step retries and those of earlier runs.
             "$inc": {"attempts": getattr(error, "attempts", 1)},
         },
-        upsert=True,
     ))
 
 
@@ -89,11 +89,11 @@ def record_data_issues(db: Database, *, subscription_id: str, week: str, issues:
     """Record the items left out of one subscriber's report."""
     now = datetime.now(UTC)
     for issue in issues:
-        call_with_retry(lambda issue=issue: db[mongo.DATA_ISSUES].update_one(
+        call_with_retry(lambda issue=issue: mongo.upsert(
+            db[mongo.DATA_ISSUES],
             {"subscription_id": subscription_id, "week": week, "ref": issue.ref, "code": issue.code},
             {
                 "$set": {"stage": issue.stage, "message": issue.message[:500], "last_seen": now},
                 "$setOnInsert": {"first_seen": now},
             },
-            upsert=True,
         ))

@@ -7,6 +7,7 @@ import threading
 import pymongo
 from pymongo import ASCENDING, IndexModel
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 TRIALS = "trials"
 ENROLLMENTS = "enrollments"
@@ -77,6 +78,18 @@ def connect(uri: str):
             return _MOCK_CLIENTS[uri]
     # Retries happen once, in reporting_pipeline.retry; every write the pipeline makes is idempotent.
     return pymongo.MongoClient(uri, tz_aware=True, appname="reporting-pipeline", retryWrites=False, retryReads=False)
+
+
+def upsert(collection, query: dict, update: dict):
+    """update_one with upsert, safe when two writers upsert the same new document at once.
+
+    MongoDB may answer one of two racing upserts with a duplicate-key error; by then the document
+    exists and a second try updates it.
+    """
+    try:
+        return collection.update_one(query, update, upsert=True)
+    except DuplicateKeyError:
+        return collection.update_one(query, update, upsert=True)
 
 
 def ensure_indexes(db: Database) -> None:

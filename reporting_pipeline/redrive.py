@@ -8,13 +8,15 @@ redrive re-does only what is not done yet (delivery never re-sends what the ledg
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from bson import ObjectId
 from pymongo.database import Database
 
 from . import mongo
 from .sharding import shard_of
+from .weeks import as_utc
 
 REDRIVE_REQUESTS = "redrive_requests"
 # Which job re-does a failed stage: anything up to storing the PDF needs the report run.
@@ -64,6 +66,34 @@ def redrive_dead_letters(db: Database, shard_count: int, *, week: str | None = N
         for (w, s, job), subs in sorted(groups.items())
     ]
     return len(letters), ids
+
+
+def queue_transient_redrives(db: Database, shard_count: int, *, now: datetime, max_redrives: int,
+                             delay: Callable[[int], timedelta], limit: int = 500) -> list[str]:
+    """Queue redrives for open dead letters that failed for a transient reason (an outage, not the data).
+
+    Each letter is redriven at most `max_redrives` times, after `delay(redrives so far)` since it was
+    last seen failing; past that it waits for an operator.
+    """
+    letters = db[mongo.DEAD_LETTERS].find(
+        {"status": "open", "transient": True, "redrives": {"$not": {"$gte": max_redrives}}}).limit(limit)
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for letter in letters:
+        last_seen = as_utc(letter["last_seen"])
+        queued = letter.get("redrive_queued_at")
+        if queued is not None and as_utc(queued) >= last_seen:
+            continue  # already queued since it last failed
+        if now - last_seen < delay(letter.get("redrives", 0)):
+            continue
+        shard = shard_of(letter["subscription_id"], shard_count)
+        groups[(letter["week"], shard, JOB_FOR_STAGE[letter["stage"]])].append(letter)
+    ids = []
+    for (week, shard, job), group in sorted(groups.items()):
+        ids.append(queue_redrive(db, week=week, shard=shard, subscription_ids=[g["subscription_id"] for g in group],
+                                 reason="automatic redrive of transient failures", job=job))
+        db[mongo.DEAD_LETTERS].update_many({"_id": {"$in": [g["_id"] for g in group]}},
+                                           {"$set": {"redrive_queued_at": now}, "$inc": {"redrives": 1}})
+    return ids
 
 
 def resolve_dead_letter(db: Database, letter_id: str, note: str = "") -> bool:

@@ -89,10 +89,10 @@ def store_report(
     # rendered_at follows the object's age (what S3 lifecycle expiry counts from): it moves only
     # when new bytes were written, so a link is never promised past the object's deletion.
     stamp = {"rendered_at": now} if written else {}
-    db[mongo.REPORTS].update_one(
+    mongo.upsert(
+        db[mongo.REPORTS],
         {"subscription_id": subscription_id, "week": week_key},
         {"$set": {**doc, **stamp}, "$setOnInsert": {"created_at": now, **({} if written else {"rendered_at": now})}},
-        upsert=True,
     )
     return doc
 

@@ -17,10 +17,10 @@ from dagster import (
 )
 
 from reporting_pipeline.notify import SmtpSession, compose_alert
-from reporting_pipeline.redrive import mark_launched, pending_requests
+from reporting_pipeline.redrive import mark_launched, pending_requests, queue_transient_redrives
 
 from .jobs import report_delivery_job, weekly_reports_job
-from .partitions import report_partition_key, split_partition_key
+from .partitions import REPORT_SHARDS, report_partition_key, split_partition_key
 from .resources import MongoResource, SmtpResource
 
 # Bounded work per tick; the cursor carries the rest to the next tick.
@@ -90,8 +90,9 @@ def _failed_partition_requests(context: SensorEvaluationContext, now: datetime) 
     return requests
 
 
-def _queued_requests(context: SensorEvaluationContext, mongo: MongoResource) -> list[RunRequest]:
+def _queued_requests(context: SensorEvaluationContext, mongo: MongoResource, now: datetime) -> list[RunRequest]:
     db = mongo.get_db()
+    queue_transient_redrives(db, REPORT_SHARDS, now=now, max_redrives=REDRIVE_MAX_ATTEMPTS, delay=redrive_delay)
     requests = []
     for queued in pending_requests(db, limit=100):
         run_key = f"redrive-request:{queued['_id']}"
@@ -115,9 +116,10 @@ def _queued_requests(context: SensorEvaluationContext, mongo: MongoResource) -> 
 @sensor(jobs=[weekly_reports_job, report_delivery_job], minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING)
 def redrive_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
-    """The dead-letter queue's consumer: re-runs failed partitions (capped, growing delay) and queued redrives."""
+    """The dead-letter queue's consumer: re-runs failed partitions and transient dead letters (capped, growing
+    delay) and redrives queued by operators or reconciliation."""
     now = datetime.now(UTC)
-    return SensorResult(run_requests=_failed_partition_requests(context, now) + _queued_requests(context, mongo))
+    return SensorResult(run_requests=_failed_partition_requests(context, now) + _queued_requests(context, mongo, now))
 
 
 @run_failure_sensor(monitored_jobs=[weekly_reports_job, report_delivery_job],

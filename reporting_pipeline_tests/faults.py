@@ -86,6 +86,7 @@ class CuttableTcpProxy:
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
         self.cuts = 0
+        self.refused = 0
         self.stopped = False
 
     def _pump(self, src, dst):
@@ -109,6 +110,7 @@ class CuttableTcpProxy:
                 return
             if time.monotonic() < self.down_until:
                 client.close()  # the database is "unreachable"
+                self.refused += 1
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:

@@ -1,0 +1,256 @@
+"""Fault injection: killed runs, double launches, a poison subscriber, flaky S3/SMTP/MongoDB, unsubscribing late.
+
+Each test prints its figures (run pytest with -s to see them). Faults come from real servers: moto's
+S3 behind a layer that fails requests, an SMTP server that defers, a TCP link to MongoDB that is cut,
+and a run process killed with SIGKILL.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+from dagster import AssetKey, build_sensor_context
+
+from reporting_pipeline import mongo
+from reporting_pipeline.defs import sensors
+from reporting_pipeline.demo import run_weekly_cycle
+from reporting_pipeline.embedded import Outbox, SmtpServer, patched_env
+from reporting_pipeline.objectstore import Encryption, ensure_bucket, make_client
+from reporting_pipeline.seed import seed
+
+from .conftest import LAST_WEEK, NOW
+from .faults import CuttableTcpProxy, DeferringOutbox, FaultyS3Server
+
+needs_wire_server = pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+
+
+@dataclass
+class World:
+    pipeline: object
+    db: object
+    subscription_ids: list
+    emails: dict
+
+
+@pytest.fixture
+def world(pipeline):
+    """A database that several processes share, seeded with 24 subscribers, two weeks of data each."""
+    from reporting_pipeline.wire_mongo import MongoWireServer
+
+    with MongoWireServer() as server, patched_env({"MONGODB_URI": server.uri}):
+        db = mongo.connect(server.uri)["reporting"]
+        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=24, weeks=2, now=NOW)
+        emails = {s["_id"]: s["email"] for s in db[mongo.SUBSCRIPTIONS].find()}
+        yield World(pipeline, db, seeded.subscription_ids, emails)
+
+
+def child(*jobs, **env):
+    """A run process for the week's only shard (REPORT_SHARDS=1 puts every subscriber in one run)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reporting_pipeline_tests.run_job", LAST_WEEK, "00", *jobs],
+        env={**os.environ, "REPORT_SHARDS": "1", "REPORT_DELIVERY_LEASE_SECONDS": "2", **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def report_objects(pipeline) -> list[str]:
+    pages = pipeline.s3.get_paginator("list_objects_v2").paginate(Bucket=pipeline.bucket, Prefix="reports/")
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def outcome(world, messages) -> dict:
+    """lost / duplicate counts over reports, objects and emails."""
+    recipients = Counter(m["To"] for m in messages)
+    expected = set(world.emails.values())
+    reports = list(world.db[mongo.REPORTS].find())
+    objects = report_objects(world.pipeline)
+    return {
+        "reports": len(reports), "objects": len(objects), "emails": sum(recipients.values()),
+        "lost": len(expected - set(recipients)) + len(set(world.subscription_ids) - {r["subscription_id"] for r in reports}),
+        "dup": sum(n - 1 for n in recipients.values() if n > 1) + (len(objects) - len(set(objects)))
+        + (len(reports) - len({(r["subscription_id"], r["week"]) for r in reports})),
+    }
+
+
+@needs_wire_server
+def test_sigkill_while_rendering_then_rerun_loses_nothing_and_duplicates_nothing(world):
+    run = child("weekly_reports_job")
+    deadline = time.monotonic() + 180
+    while world.db[mongo.REPORTS].count_documents({}) < 3 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait(30) == -signal.SIGKILL
+    at_kill = world.db[mongo.REPORTS].count_documents({})
+    assert 0 < at_kill < len(world.subscription_ids)
+
+    assert child("weekly_reports_job", "report_delivery_job").wait(300) == 0
+    figures = outcome(world, world.pipeline.outbox.messages)
+    print(f"\nSIGKILL while rendering: {len(world.subscription_ids)} subscribers, killed after {at_kill} reports; "
+          f"after rerun {figures['reports']} reports, {figures['objects']} objects, {figures['emails']} emails, "
+          f"{figures['lost']} lost, {figures['dup']} dup")
+    assert figures == {"reports": 24, "objects": 24, "emails": 24, "lost": 0, "dup": 0}
+
+
+class KillingOutbox(Outbox):
+    """Kills the run process when the `kill_at`-th message arrives, before accepting it."""
+
+    def __init__(self, kill_at):
+        super().__init__()
+        self.kill_at = kill_at
+        self.pid = None
+        self.seen = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        self.seen += 1
+        if self.seen == self.kill_at and self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+            return "451 4.3.0 connection lost"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@needs_wire_server
+def test_sigkill_while_delivering_then_rerun_after_the_lease_sends_the_rest_once(world):
+    assert child("weekly_reports_job").wait(300) == 0
+    handler = KillingOutbox(kill_at=10)
+    with SmtpServer(handler) as smtp:
+        run = child("report_delivery_job", SMTP_PORT=str(smtp.port))
+        handler.pid = run.pid
+        assert run.wait(120) == -signal.SIGKILL
+        at_kill = len(handler.messages)
+        in_flight = world.db[mongo.DELIVERIES].count_documents({"status": "sending"})
+        # A rerun inside the lease leaves the claimed message alone; after it, the message goes out once.
+        assert child("report_delivery_job", SMTP_PORT=str(smtp.port)).wait(120) == 0
+        within_lease = len(handler.messages)
+        time.sleep(2.5)
+        assert child("report_delivery_job", SMTP_PORT=str(smtp.port)).wait(120) == 0
+    figures = outcome(world, handler.messages)
+    print(f"\nSIGKILL while delivering: {len(world.subscription_ids)} subscribers, killed at message 10 "
+          f"({at_kill} accepted, {in_flight} claim in flight); rerun within lease: {within_lease} emails; "
+          f"after lease: {figures['emails']} emails, {figures['lost']} lost, {figures['dup']} dup")
+    assert at_kill == 9 and in_flight == 1 and within_lease == 23
+    assert figures == {"reports": 24, "objects": 24, "emails": 24, "lost": 0, "dup": 0}
+
+
+@needs_wire_server
+def test_the_same_partition_launched_twice_at_once_sends_one_email_each(world):
+    runs = [child("weekly_reports_job", "report_delivery_job") for _ in range(2)]
+    codes = [r.wait(300) for r in runs]
+    figures = outcome(world, world.pipeline.outbox.messages)
+    claims = world.db["delivery_audit"].count_documents({})
+    print(f"\ntwo concurrent launches: exit codes {codes}; {figures['reports']} reports, {figures['objects']} objects, "
+          f"{figures['emails']} emails, {claims} audited sends, {figures['lost']} lost, {figures['dup']} dup")
+    assert codes == [0, 0]
+    assert figures == {"reports": 24, "objects": 24, "emails": 24, "lost": 0, "dup": 0} and claims == 24
+
+
+def test_one_poison_subscriber_among_50(pipeline, instance):
+    seeded = seed(pipeline.db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=50, weeks=1,
+                  now=NOW, photos=False)
+    poison = seeded.subscription_ids[17]
+    sub = pipeline.db[mongo.SUBSCRIPTIONS].find_one({"_id": poison})
+    # A unit of 120,000 characters: its table row cannot fit on any page, and the renderer gives up.
+    pipeline.db[mongo.RECORDS].update_many({"participant_id": sub["participant_id"]}, {"$set": {"unit": "kg " * 40000}})
+
+    result, _ = run_weekly_cycle(pipeline.definitions(), instance, NOW)
+
+    runs_ok = all(r.success for r in result.report_runs + result.delivery_runs)
+    rendered = sum(r.asset_materialization.metadata["rendered"].value for r in instance.fetch_materializations(
+        AssetKey("report_pdfs"), limit=50).records)
+    failed = sum(r.asset_materialization.metadata["failed"].value for r in instance.fetch_materializations(
+        AssetKey("report_pdfs"), limit=50).records)
+    letters = list(pipeline.db[mongo.DEAD_LETTERS].find())
+    print(f"\npoison subscriber: 50 subscribers, {len(pipeline.outbox.messages)} delivered, {len(letters)} dead letter "
+          f"({letters[0]['stage']}/{letters[0]['code']}), runs all succeeded: {runs_ok}, "
+          f"partition metadata rendered={rendered} failed={failed}")
+    assert runs_ok and rendered == 49 and failed == 1
+    assert len(pipeline.outbox.messages) == 49 and sub["email"] not in {m["To"] for m in pipeline.outbox.messages}
+    assert [(d["subscription_id"], d["stage"], d["code"], d["status"]) for d in letters] == [
+        (poison, "render", "LayoutError", "open")]
+    assert "kg kg" not in letters[0]["message"]  # the data it choked on is not copied into the ledger
+
+
+@needs_wire_server
+def test_transient_s3_smtp_and_mongodb_failures_are_retried_and_everything_is_delivered(pipeline, instance, monkeypatch):
+    from reporting_pipeline.defs.definitions import build_definitions
+    from reporting_pipeline.wire_mongo import MongoWireServer
+
+    monkeypatch.setattr(sensors, "REDRIVE_BASE_DELAY", sensors.timedelta(0))
+    outbox = DeferringOutbox(defer_first=8)
+    with MongoWireServer() as wire, CuttableTcpProxy(wire.port) as link, FaultyS3Server(fail_ratio=0.2) as s3, \
+            SmtpServer(outbox) as smtp:
+        uri = (f"mongodb://127.0.0.1:{link.port}/?directConnection=true&serverSelectionTimeoutMS=800"
+               "&connectTimeoutMS=800&socketTimeoutMS=3000")
+        env = {"MONGODB_URI": uri, "AWS_ENDPOINT_URL": s3.endpoint_url, "SMTP_PORT": str(smtp.port),
+               "REPORT_RETRY_BASE_SECONDS": "0.2", "REPORT_RETRY_CAP_SECONDS": "2"}
+        with patched_env(env):
+            client = make_client(s3.endpoint_url)
+            ensure_bucket(client, pipeline.bucket)
+            db = mongo.connect(uri)["reporting"]
+            seeded = seed(db, client, pipeline.bucket, Encryption(), subscribers=30, weeks=2, now=NOW)
+            definitions = build_definitions()
+            s3.enabled = True
+            outage = threading.Timer(1.5, link.cut, args=(3.0,))
+            outage.start()
+            started = time.monotonic()
+            cycle, cursor = run_weekly_cycle(definitions, instance, NOW)
+            rounds = 0
+            for rounds in range(1, 8):  # the system's own retry machinery: redrive, then delivery
+                redrive = definitions.resolve_sensor_def("redrive_sensor").evaluate_tick(build_sensor_context(
+                    instance=instance, definitions=definitions, resources=definitions.resources))
+                for request in redrive.run_requests:
+                    definitions.resolve_job_def(request.job_name).execute_in_process(
+                        instance=instance, partition_key=request.partition_key, run_config=request.run_config,
+                        tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False)
+                more, cursor = run_weekly_cycle(definitions, instance, NOW, sensor_cursor=cursor, skip_schedule=True)
+                if not redrive.run_requests and not more.delivery_runs:
+                    break
+            seconds = time.monotonic() - started
+            outage.join()
+            recipients = Counter(m["To"] for m in outbox.messages)
+            open_letters = db[mongo.DEAD_LETTERS].count_documents({"status": "open"})
+            max_smtp = max(outbox.attempts.values())
+            letters = list(db[mongo.DEAD_LETTERS].find())
+            redrives = max([d.get("redrives", 0) for d in letters], default=0)
+            print(f"\ntransient faults: 30 subscribers; S3 {s3.injected} injected 500/503 of "
+                  f"{sum(s3.requests.values())} requests; SMTP {outbox.deferred} deferrals (451), at most {max_smtp} "
+                  f"attempts per message over {1 + redrives} run(s); {len(letters)} dead letter(s) taken by "
+                  f"automatic redrive; MongoDB cut {link.cuts}x for 3 s ({link.refused} connections refused meanwhile); "
+                  f"{len(recipients)} delivered, "
+                  f"{sum(n - 1 for n in recipients.values())} dup, {open_letters} open dead letters, "
+                  f"{rounds} redrive round(s), {seconds:.1f} s")
+            assert s3.injected > 10 and outbox.deferred == 8 and link.cuts == 1 and link.refused > 0
+            assert set(recipients) == {e["email"] for e in db[mongo.ENROLLMENTS].find()} and max(recipients.values()) == 1
+            assert open_letters == 0
+            # Never more than REPORT_RETRY_ATTEMPTS (5) tries per message in one run; a message that used
+            # them all became a dead letter (with exactly 5 attempts) and the redrive sent it later.
+            assert max_smtp <= 5 * (1 + redrives)
+            assert all(d["attempts"] <= 5 * (1 + d.get("redrives", 0)) for d in letters)
+            assert all(d["status"] == "resolved" and d["transient"] for d in letters)
+            assert db[mongo.REPORTS].count_documents({}) == len(seeded.subscription_ids)
+
+
+def test_unsubscribed_between_render_and_delivery_gets_no_email(pipeline, instance):
+    seeded = seed(pipeline.db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=10, weeks=1, now=NOW)
+    definitions = pipeline.definitions()
+    leaver = seeded.subscription_ids[4]
+    job = definitions.resolve_job_def("weekly_reports_job")
+    from reporting_pipeline.defs.partitions import report_partitions_def
+
+    for key in report_partitions_def.get_partition_keys(current_time=NOW):
+        if key.keys_by_dimension["week"] == LAST_WEEK:
+            assert job.execute_in_process(instance=instance, partition_key=key).success
+    assert pipeline.db[mongo.REPORTS].count_documents({}) == 10
+    pipeline.db[mongo.SUBSCRIPTIONS].update_one({"_id": leaver}, {"$set": {"status": "unsubscribed"}})
+    run_weekly_cycle(definitions, instance, NOW, skip_schedule=True)
+    sent_to = {m["To"] for m in pipeline.outbox.messages}
+    leaver_email = pipeline.db[mongo.SUBSCRIPTIONS].find_one({"_id": leaver})["email"]
+    print(f"\nunsubscribed after rendering: 10 reports rendered, {len(sent_to)} emails, "
+          f"{int(leaver_email in sent_to)} to the unsubscribed participant")
+    assert len(sent_to) == 9 and leaver_email not in sent_to
+    assert pipeline.db[mongo.DELIVERIES].count_documents({"subscription_id": leaver}) == 0

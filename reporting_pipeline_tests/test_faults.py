@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 from dagster import AssetKey, build_sensor_context
@@ -23,6 +24,7 @@ from reporting_pipeline.demo import run_weekly_cycle
 from reporting_pipeline.embedded import Outbox, SmtpServer, patched_env
 from reporting_pipeline.objectstore import Encryption, ensure_bucket, make_client
 from reporting_pipeline.seed import seed
+from reporting_pipeline.weeks import as_utc
 
 from .conftest import LAST_WEEK, NOW
 from .faults import CuttableTcpProxy, DeferringOutbox, FaultyS3Server
@@ -50,11 +52,14 @@ def world(pipeline):
         yield World(pipeline, db, seeded.subscription_ids, emails)
 
 
+LEASE_SECONDS = 12
+
+
 def child(*jobs, **env):
     """A run process for the week's only shard (REPORT_SHARDS=1 puts every subscriber in one run)."""
     return subprocess.Popen(
         [sys.executable, "-m", "reporting_pipeline_tests.run_job", LAST_WEEK, "00", *jobs],
-        env={**os.environ, "REPORT_SHARDS": "1", "REPORT_DELIVERY_LEASE_SECONDS": "2", **env},
+        env={**os.environ, "REPORT_SHARDS": "1", "REPORT_DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -125,9 +130,11 @@ def test_sigkill_while_delivering_then_rerun_after_the_lease_sends_the_rest_once
         at_kill = len(handler.messages)
         in_flight = world.db[mongo.DELIVERIES].count_documents({"status": "sending"})
         # A rerun inside the lease leaves the claimed message alone; after it, the message goes out once.
+        claim = world.db[mongo.DELIVERIES].find_one({"status": "sending"})
         assert child("report_delivery_job", SMTP_PORT=str(smtp.port)).wait(120) == 0
+        assert datetime.now(UTC) < as_utc(claim["lease_expires_at"]), "rerun took longer than the lease"
         within_lease = len(handler.messages)
-        time.sleep(2.5)
+        time.sleep(max(0.0, (as_utc(claim["lease_expires_at"]) - datetime.now(UTC)).total_seconds()) + 0.5)
         assert child("report_delivery_job", SMTP_PORT=str(smtp.port)).wait(120) == 0
     figures = outcome(world, handler.messages)
     print(f"\nSIGKILL while delivering: {len(world.subscription_ids)} subscribers, killed at message 10 "

@@ -69,3 +69,17 @@ def test_claim_is_exclusive_until_the_lease_expires_and_final_once_sent():
     doc = db[mongo.DELIVERIES].find_one({"_id": "sub_1:2026-11-16"})
     assert doc["status"] == "sent" and doc["owner"] == "run-c" and doc["attempts"] == 3
     assert db["delivery_audit"].count_documents({"subscription_id": "sub_1"}) == 1
+
+
+def test_a_link_never_outlives_the_report_it_points_to():
+    from reporting_pipeline.notify import ReportExpiring, _link_lifetime
+
+    now = datetime.now(UTC)
+    fresh = {"subscription_id": "sub_1", "rendered_at": now - timedelta(days=1)}
+    assert _link_lifetime(fresh, timedelta(hours=72), retention_days=90) == timedelta(hours=72)
+    old = {"subscription_id": "sub_1", "rendered_at": now - timedelta(days=89, hours=12)}
+    lifetime = _link_lifetime(old, timedelta(hours=72), retention_days=90)
+    assert timedelta(hours=11, minutes=59) < lifetime <= timedelta(hours=12)
+    expiring = {"subscription_id": "sub_1", "rendered_at": now - timedelta(days=89, hours=23, minutes=30)}
+    with pytest.raises(ReportExpiring):
+        _link_lifetime(expiring, timedelta(hours=72), retention_days=90)

@@ -19,7 +19,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from . import mongo
-from .fetch import as_utc
+from .weeks import as_utc
 from .objectstore import Encryption, is_not_found
 from .redrive import REDRIVE_REQUESTS, queue_redrive
 from .retry import call_with_retry

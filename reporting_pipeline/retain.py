@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from pymongo.database import Database
 
 from . import mongo
-from .fetch import as_utc
+from .weeks import as_utc
 from . import settings
 from .retry import call_with_retry
 

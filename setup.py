@@ -24,6 +24,10 @@ setup(
         "pandas>=2.2",
         "reportlab>=4.2",
         "Pillow>=11",
+        # Subscription API.
+        "fastapi>=0.115",
+        "uvicorn>=0.30",
+        "pyjwt[crypto]>=2.9",
         # Embedded services for `reporting-pipeline demo` and local development.
         "mongomock>=4.3",
         "moto[s3,server]>=5.1",
@@ -32,6 +36,7 @@ setup(
     extras_require={
         "dev": [
             "pytest>=8",
+            "httpx>=0.27",
             "pypdf>=5",
             "mongoeco>=4.11; python_version >= '3.13'",
         ],

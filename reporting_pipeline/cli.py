@@ -1,4 +1,4 @@
-"""Command line: `reporting-pipeline seed|demo|dead-letters|reconcile|retention`."""
+"""Command line: `reporting-pipeline demo|seed|subscriptions|api|dead-letters|reconcile|retention`."""
 
 from __future__ import annotations
 
@@ -114,6 +114,41 @@ def _retention(args) -> int:
     return 0
 
 
+def _subscriptions(args) -> int:
+    from . import subscribe as subs
+
+    db = _database()
+    if db is None:
+        return 2
+    try:
+        if args.action == "add":
+            doc, created = subs.subscribe(db, args.trial, args.participant, timezone=args.timezone)
+            print(f"{'created' if created else 'exists'} {doc['_id']} ({doc['status']})")
+        elif args.action == "remove":
+            doc = subs.unsubscribe(db, args.id, reason="staff")
+            print(f"{doc['_id']} {doc['status']}")
+        else:
+            docs = subs.list_subscriptions(db, participant_id=args.participant, trial_id=args.trial, status=args.status)
+            for d in docs:
+                print(f"{d['_id']:24} {d['trial_id']:18} {d['participant_id']:12} {d['status']:13} "
+                      f"{d.get('status_reason', '')}")
+            print(f"{len(docs)} subscription(s)")
+    except subs.SubscriptionError as error:
+        print(f"refused ({error.code}): {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _api(args) -> int:
+    import uvicorn
+
+    from .api import build_app
+
+    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="info",
+                access_log=False)  # access logs would record one-click unsubscribe tokens
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -149,6 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("retention", help="S3 lifecycle rule and the sweeper for stores without one")
     p.add_argument("action", choices=["apply-lifecycle", "sweep"])
     p.set_defaults(func=_retention)
+    p = sub.add_parser("subscriptions", help="staff: add, list or remove subscriptions")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("add")
+    a.add_argument("--trial", required=True)
+    a.add_argument("--participant", required=True)
+    a.add_argument("--timezone")
+    a = actions.add_parser("list")
+    a.add_argument("--trial")
+    a.add_argument("--participant")
+    a.add_argument("--status")
+    a = actions.add_parser("remove")
+    a.add_argument("id")
+    p.set_defaults(func=_subscriptions)
+    p = sub.add_parser("api", help="serve the subscription API (JWT_SECRET or JWT_PUBLIC_KEY required)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_api)
     p = sub.add_parser("demo", help="run one weekly cycle on embedded services and write the results")
     p.add_argument("--subscribers", type=int, default=24)
     p.add_argument("--out", default="demo-output")

@@ -22,10 +22,13 @@ DATA_ISSUES = "data_issues"
 INDEXES: dict[str, list[IndexModel]] = {
     ENROLLMENTS: [
         IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),
+        IndexModel([("updated_at", ASCENDING)], name="updated_at"),
     ],
     SUBSCRIPTIONS: [
         IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),
         IndexModel([("status", ASCENDING), ("shard_bucket", ASCENDING)], name="status_shard"),
+        IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"),
+        IndexModel([("participant_id", ASCENDING)], name="participant"),
     ],
     RECORDS: [
         IndexModel([("participant_id", ASCENDING), ("recorded_at", ASCENDING)], name="participant_time"),

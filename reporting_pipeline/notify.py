@@ -25,6 +25,7 @@ from .errors import InvalidEmailAddress
 from .objectstore import presigned_get_url
 from .retry import Breaker, call_with_retry
 from .settings import MAX_LINK_TTL_HOURS
+from .subscribe import issue_unsubscribe_token
 from .retain import report_expires_at
 from .weeks import Week
 
@@ -91,12 +92,15 @@ def compose_email(
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = msg_id
     expiry = expires_at.astimezone(UTC).strftime("%d %b %Y at %H:%M UTC")
+    # RFC 8058 one-click unsubscribe: mail clients show an Unsubscribe button that POSTs to the URL.
+    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(
         "Hello,\n\n"
         f"Your weekly report for the week of {week.label()} is ready.\n\n"
         f"Download it here (the link expires on {expiry}):\n{link}\n\n"
         "The link is personal; please do not forward this email.\n\n"
-        f"To stop receiving these emails, unsubscribe here: {unsubscribe_url}\n"
+        f"To stop receiving these emails, unsubscribe here:\n{unsubscribe_url}\n"
     )
     return message
 
@@ -228,7 +232,10 @@ def deliver_shard(
     retention_days: int | None = None,
     log=None,
 ) -> DeliverySummary:
-    """Email every stored report of one (week, shard) that has not been emailed yet."""
+    """Email every stored report of one (week, shard) that has not been emailed yet.
+
+    `unsubscribe_url` is the base of the one-click links: each email gets `<base>/<fresh token>`.
+    """
     ttl = link_ttl(link_ttl_hours)
     summary = DeliverySummary()
     breaker = Breaker()
@@ -257,8 +264,10 @@ def deliver_shard(
                     link_lifetime = _link_lifetime(report, ttl, retention_days)
                     expires_at = datetime.now(UTC) + link_lifetime
                     link = presigned_get_url(s3, bucket, report["s3_key"], int(link_lifetime.total_seconds()))
+                    token = call_with_retry(lambda: issue_unsubscribe_token(db, sub_id))
                     message = compose_email(to=address, email_from=smtp.email_from, link=link, expires_at=expires_at,
-                                            week=week, msg_id=msg_id, unsubscribe_url=unsubscribe_url)
+                                            week=week, msg_id=msg_id,
+                                            unsubscribe_url=f"{unsubscribe_url.rstrip('/')}/{token}")
                     # Safe to retry: a transient SMTP failure (4xx, refused connection) means not accepted.
                     call_with_retry(lambda: session.send(message))
                 except Exception as error:  # one failed send must not stop the shard

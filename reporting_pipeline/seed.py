@@ -19,7 +19,7 @@ from pymongo.errors import BulkWriteError
 from . import mongo
 from .objectstore import Encryption
 from .store import store_file
-from .subscribe import subscribe
+from .subscribe import ACTIVE, subscribe
 from .weeks import Week, last_complete_week
 
 # metric: (unit, reference low, reference high, typical value, day-to-day spread)
@@ -115,8 +115,10 @@ def seed(
             "status": "active",
             "consent_electronic_reports": True,
             "enrolled_at": report_weeks[0].start_utc - timedelta(days=14),
+            "updated_at": report_weeks[0].start_utc - timedelta(days=14),
         }])
-        result.subscription_ids.append(subscribe(db, trial_id, participant_id, now=now)["_id"])
+        subscription, _ = subscribe(db, trial_id, participant_id, now=now, status=ACTIVE)
+        result.subscription_ids.append(subscription["_id"])
 
         baseline = {m: METRICS[m][3] + rng.gauss(0, METRICS[m][4]) for m in metrics}
         records = []

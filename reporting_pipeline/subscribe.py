@@ -1,23 +1,65 @@
-"""Subscribe stage: a participant's subscription to the weekly report, validated against the enrollment."""
+"""Subscribe stage: participants' subscriptions to the weekly report, validated against their enrollment.
+
+The `subscriptions` collection is the contract between the product and the pipeline. A new or changed
+subscription is `pending` until `subscription_sensor` re-validates it (-> `active` or `rejected`);
+participants leave by unsubscribing (`unsubscribed`); a withdrawn enrollment makes it `inactive`.
+Only `active` subscriptions get reports, and delivery checks the status again at send time.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from . import mongo
+from .errors import InvalidEmailAddress
 from .sharding import shard_bucket
 
+PENDING, ACTIVE, REJECTED, UNSUBSCRIBED, INACTIVE = "pending", "active", "rejected", "unsubscribed", "inactive"
+UNSUBSCRIBE_TOKENS = "unsubscribe_tokens"
 
-class SubscriptionRefused(Exception):
-    """The participant may not subscribe; `reason` says why (no PHI)."""
 
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+class SubscriptionError(Exception):
+    """A subscription request that cannot be honoured; `code` is stable, the message has no PHI."""
+
+    code = "subscription_error"
+    http_status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+class UnknownTrial(SubscriptionError):
+    code, http_status = "unknown_trial", 404
+
+
+class NotEnrolled(SubscriptionError):
+    code, http_status = "not_enrolled", 403
+
+
+class EnrollmentNotActive(SubscriptionError):
+    code, http_status = "enrollment_not_active", 403
+
+
+class NoConsent(SubscriptionError):
+    code, http_status = "no_consent", 403
+
+
+class InvalidTimezone(SubscriptionError):
+    code, http_status = "invalid_timezone", 422
+
+
+class SubscriptionNotFound(SubscriptionError):
+    code, http_status = "subscription_not_found", 404
+
+
+class InvalidUnsubscribeToken(SubscriptionError):
+    code, http_status = "invalid_unsubscribe_token", 404
 
 
 def subscription_id(trial_id: str, participant_id: str) -> str:
@@ -25,34 +67,132 @@ def subscription_id(trial_id: str, participant_id: str) -> str:
     return "sub_" + hashlib.sha256(f"{trial_id}\x00{participant_id}".encode()).hexdigest()[:20]
 
 
-def subscribe(
-    db: Database, trial_id: str, participant_id: str, *, timezone: str | None = None, now: datetime | None = None
-) -> dict:
-    """Create the subscription, or return the existing one. The email comes from the enrollment."""
+def check_enrollment(db: Database, trial_id: str, participant_id: str) -> dict:
+    """The enrollment that allows a subscription, or the specific reason it does not."""
+    if db[mongo.TRIALS].find_one({"_id": trial_id}, {"_id": 1}) is None:
+        raise UnknownTrial(f"trial {trial_id} does not exist")
     enrollment = db[mongo.ENROLLMENTS].find_one({"trial_id": trial_id, "participant_id": participant_id})
     if enrollment is None:
-        raise SubscriptionRefused("not enrolled in this trial")
+        raise NotEnrolled("not enrolled in this trial")
     if enrollment.get("status") != "active":
-        raise SubscriptionRefused("enrollment is not active")
+        raise EnrollmentNotActive("enrollment is not active")
     if not enrollment.get("consent_electronic_reports"):
-        raise SubscriptionRefused("no consent to electronic reports")
+        raise NoConsent("no consent to electronic reports")
+    return enrollment
+
+
+def subscribe(
+    db: Database, trial_id: str, participant_id: str, *, timezone: str | None = None,
+    now: datetime | None = None, status: str = PENDING,
+) -> tuple[dict, bool]:
+    """Create the subscription (or return the existing one); returns (subscription, created)."""
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidTimezone(f"unknown timezone {timezone!r}") from None
+    enrollment = check_enrollment(db, trial_id, participant_id)
+    now = now or datetime.now(UTC)
     sub_id = subscription_id(trial_id, participant_id)
     existing = db[mongo.SUBSCRIPTIONS].find_one({"_id": sub_id})
     if existing is not None:
-        return existing
+        if existing["status"] in (PENDING, ACTIVE):
+            return existing, False  # subscribing twice changes nothing
+        # Coming back after unsubscribing: validated again like a new one.
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": sub_id}, {"$set": {
+            "status": PENDING, "status_reason": "resubscribed", "timezone": timezone, "updated_at": now}})
+        return db[mongo.SUBSCRIPTIONS].find_one({"_id": sub_id}), False
     doc = {
         "_id": sub_id,
         "trial_id": trial_id,
         "participant_id": participant_id,
         "enrollment_id": enrollment["_id"],
-        "email": enrollment.get("email"),
+        "email": enrollment.get("email"),  # from the enrollment, never from the request
         "timezone": timezone,
-        "status": "active",
+        "status": status,
         "shard_bucket": shard_bucket(sub_id),
-        "created_at": now or datetime.now(UTC),
+        "created_at": now,
+        "updated_at": now,
     }
     try:
         db[mongo.SUBSCRIPTIONS].insert_one(doc)
     except DuplicateKeyError:  # a concurrent subscribe won the race: same result
-        return db[mongo.SUBSCRIPTIONS].find_one({"_id": sub_id})
+        return db[mongo.SUBSCRIPTIONS].find_one({"_id": sub_id}), False
+    return doc, True
+
+
+def list_subscriptions(db: Database, *, participant_id: str | None = None, trial_id: str | None = None,
+                       status: str | None = None) -> list[dict]:
+    query = {k: v for k, v in (("participant_id", participant_id), ("trial_id", trial_id), ("status", status)) if v}
+    return list(db[mongo.SUBSCRIPTIONS].find(query).sort("_id", 1))
+
+
+def unsubscribe(db: Database, sub_id: str, *, participant_id: str | None = None, reason: str = "participant",
+                now: datetime | None = None) -> dict:
+    """Stop reports for a subscription; with `participant_id`, only the owner may (others see not-found)."""
+    query = {"_id": sub_id, **({"participant_id": participant_id} if participant_id else {})}
+    doc = db[mongo.SUBSCRIPTIONS].find_one(query)
+    if doc is None:
+        raise SubscriptionNotFound("no such subscription")
+    if doc["status"] != UNSUBSCRIBED:
+        now = now or datetime.now(UTC)
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": sub_id}, {"$set": {
+            "status": UNSUBSCRIBED, "status_reason": reason, "unsubscribed_at": now, "updated_at": now}})
+        doc = db[mongo.SUBSCRIPTIONS].find_one({"_id": sub_id})
     return doc
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(f"unsubscribe\x00{token}".encode()).hexdigest()
+
+
+def issue_unsubscribe_token(db: Database, sub_id: str, now: datetime | None = None) -> str:
+    """A fresh unguessable token for one email; only its hash is stored, and it can only unsubscribe."""
+    token = secrets.token_urlsafe(32)
+    db[UNSUBSCRIBE_TOKENS].insert_one({"_id": _token_hash(token), "subscription_id": sub_id, "purpose": "unsubscribe",
+                                       "created_at": now or datetime.now(UTC)})
+    return token
+
+
+def subscription_for_token(db: Database, token: str) -> dict:
+    """The subscription a token unsubscribes, or InvalidUnsubscribeToken."""
+    if not isinstance(token, str) or not 20 <= len(token) <= 100:
+        raise InvalidUnsubscribeToken("unsubscribe link is not valid")
+    entry = db[UNSUBSCRIBE_TOKENS].find_one({"_id": _token_hash(token), "purpose": "unsubscribe"})
+    doc = entry and db[mongo.SUBSCRIPTIONS].find_one({"_id": entry["subscription_id"]})
+    if not doc:
+        raise InvalidUnsubscribeToken("unsubscribe link is not valid")
+    return doc
+
+
+def unsubscribe_with_token(db: Database, token: str, now: datetime | None = None) -> dict:
+    """One-click unsubscribe; repeating it is harmless (mail providers may POST twice)."""
+    doc = subscription_for_token(db, token)
+    now = now or datetime.now(UTC)
+    db[UNSUBSCRIBE_TOKENS].update_one({"_id": _token_hash(token)}, {"$set": {"used_at": now}})
+    return unsubscribe(db, doc["_id"], reason="one-click", now=now)
+
+
+def revalidate(db: Database, doc: dict, now: datetime) -> tuple[str, str]:
+    """Decide a pending subscription's fate: (new status, reason), refreshing the email from the enrollment."""
+    from .notify import validate_email  # notify imports nothing of ours that imports this module
+
+    try:
+        enrollment = check_enrollment(db, doc["trial_id"], doc["participant_id"])
+        validate_email(enrollment.get("email"), doc["_id"])
+    except (SubscriptionError, InvalidEmailAddress) as error:
+        status, reason, email = REJECTED, getattr(error, "code", "invalid_email"), doc.get("email")
+    else:
+        status, reason, email = ACTIVE, "validated", enrollment.get("email")
+    db[mongo.SUBSCRIPTIONS].update_one({"_id": doc["_id"], "status": PENDING}, {"$set": {
+        "status": status, "status_reason": reason, "email": email, "validated_at": now, "updated_at": now}})
+    return status, reason
+
+
+def deactivate_for_enrollment(db: Database, trial_id: str, participant_id: str, now: datetime) -> int:
+    """A withdrawn enrollment ends its subscriptions; returns how many were still live."""
+    result = db[mongo.SUBSCRIPTIONS].update_many(
+        {"trial_id": trial_id, "participant_id": participant_id, "status": {"$in": [PENDING, ACTIVE]}},
+        {"$set": {"status": INACTIVE, "status_reason": "enrollment_withdrawn", "updated_at": now}},
+    )
+    return result.modified_count

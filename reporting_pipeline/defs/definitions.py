@@ -15,7 +15,7 @@ from .jobs import report_delivery_job, weekly_reports_job
 from .maintenance import MAINTENANCE_ASSETS, MAINTENANCE_CHECKS, MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
 from .resources import MongoResource, ReportSettingsResource, S3Resource, SmtpResource
 from .schedules import weekly_reports_schedule
-from .sensors import partition_failure_alert_sensor, redrive_sensor, report_delivery_sensor
+from .sensors import partition_failure_alert_sensor, redrive_sensor, report_delivery_sensor, subscription_sensor
 
 
 def _env(name: str, default=None):
@@ -65,7 +65,7 @@ def build_resources() -> dict:
             batch_size=settings.batch_size(),
             retention_days=settings.retention_days(),
             delivery_lease_seconds=settings.delivery_lease_seconds(),
-            unsubscribe_url=os.environ.get("REPORT_UNSUBSCRIBE_URL", "https://reports.example.org/unsubscribe"),
+            unsubscribe_url=os.environ.get("REPORT_UNSUBSCRIBE_URL", "http://localhost:8080/v1/unsubscribe"),
         ),
         "batch_io_manager": io_manager,
     }
@@ -77,7 +77,7 @@ def build_definitions() -> Definitions:
         asset_checks=MAINTENANCE_CHECKS,
         jobs=[weekly_reports_job, report_delivery_job, *MAINTENANCE_JOBS],
         schedules=[weekly_reports_schedule, *MAINTENANCE_SCHEDULES],
-        sensors=[report_delivery_sensor, redrive_sensor, partition_failure_alert_sensor],
+        sensors=[report_delivery_sensor, redrive_sensor, partition_failure_alert_sensor, subscription_sensor],
         resources=build_resources(),
     )
 

@@ -73,4 +73,4 @@ class ReportSettingsResource(ConfigurableResource):
     batch_size: int = 50
     retention_days: int = 90
     delivery_lease_seconds: int = 900
-    unsubscribe_url: str = "https://reports.example.org/unsubscribe"
+    unsubscribe_url: str = "http://localhost:8080/v1/unsubscribe"  # base of one-click links (the API)

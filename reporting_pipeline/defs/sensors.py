@@ -1,6 +1,9 @@
 """Sensors: delivery after rendering, redrive of failed work, and the alert when redrive gives up."""
 
+import hashlib
+import json
 import os
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
@@ -16,15 +19,20 @@ from dagster import (
     sensor,
 )
 
+from reporting_pipeline import mongo as collections
 from reporting_pipeline.notify import SmtpSession, compose_alert
+from reporting_pipeline.sharding import shard_of
+from reporting_pipeline.subscribe import ACTIVE, PENDING, deactivate_for_enrollment, revalidate
+from reporting_pipeline.weeks import as_utc, last_complete_week
 from reporting_pipeline.redrive import mark_launched, pending_requests, queue_transient_redrives
 
 from .jobs import report_delivery_job, weekly_reports_job
-from .partitions import REPORT_SHARDS, report_partition_key, split_partition_key
+from .partitions import REPORT_SHARDS, REPORT_TIMEZONE, report_partition_key, split_partition_key
 from .resources import MongoResource, SmtpResource
 
-# Bounded work per tick; the cursor carries the rest to the next tick.
+# Bounded work per tick; the cursor (or the pending state) carries the rest to the next tick.
 EVENTS_PER_TICK = 500
+SUBSCRIPTION_CHANGES_PER_TICK = 1000
 REDRIVE_MAX_ATTEMPTS = int(os.environ.get("REPORT_REDRIVE_MAX_ATTEMPTS", 3))
 REDRIVE_BASE_DELAY = timedelta(seconds=int(os.environ.get("REPORT_REDRIVE_BASE_DELAY_SECONDS", 300)))
 REDRIVE_MAX_DELAY = timedelta(hours=6)
@@ -141,3 +149,52 @@ def partition_failure_alert_sensor(context: RunFailureSensorContext, smtp: SmtpR
         session.send(compose_alert(to=to, email_from=settings.email_from, job=run.job_name, partition=partition,
                                    run_id=run.run_id, attempts=attempts, reason=reason,
                                    ui_url=os.environ.get("DAGSTER_UI_URL", "http://localhost:3000")))
+
+
+def _first_report_requests(activated: dict[str, list[str]], now: datetime) -> list[RunRequest]:
+    """One run per shard touched, restricted to the newly active subscribers, for the last complete week."""
+    week = last_complete_week(now, REPORT_TIMEZONE).key
+    requests = []
+    for shard, ids in sorted(activated.items()):
+        digest = hashlib.sha256(",".join(sorted(ids)).encode()).hexdigest()[:16]
+        requests.append(RunRequest(
+            job_name=weekly_reports_job.name,
+            partition_key=report_partition_key(week, shard),
+            run_key=f"first-report:{week}:{shard}:{digest}",
+            run_config={"ops": {"fetched_records": {"config": {"subscription_ids": sorted(ids)}}}},
+            tags={"report/week": week, "report/shard": shard, "report/first_report": "true"},
+        ))
+    return requests
+
+
+@sensor(jobs=[weekly_reports_job], minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def subscription_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
+    """Validates new and changed subscriptions, asks for first reports, and follows enrollment withdrawals."""
+    db = mongo.get_db()
+    now = datetime.now(UTC)
+    # Pending subscriptions are found through the (status, updated_at) index: no scan, and whatever a
+    # tick leaves pending is simply picked up by the next one.
+    pending = db[collections.SUBSCRIPTIONS].find({"status": PENDING}).sort("updated_at", 1).limit(
+        SUBSCRIPTION_CHANGES_PER_TICK)
+    activated: dict[str, list[str]] = defaultdict(list)
+    outcomes: dict[str, int] = defaultdict(int)
+    for doc in pending:
+        status, _ = revalidate(db, doc, now)
+        outcomes[status] += 1
+        if status == ACTIVE:
+            activated[shard_of(doc["_id"], REPORT_SHARDS)].append(doc["_id"])
+
+    # Enrollment changes since the cursor (inclusive: re-reading a change is harmless).
+    state = json.loads(context.cursor) if context.cursor else {}
+    since = datetime.fromisoformat(state["enrollments"]) if state.get("enrollments") else datetime(1970, 1, 1, tzinfo=UTC)
+    changed = list(db[collections.ENROLLMENTS].find({"updated_at": {"$gte": since}}).sort("updated_at", 1).limit(
+        SUBSCRIPTION_CHANGES_PER_TICK))
+    for enrollment in changed:
+        if enrollment.get("status") != "active" or not enrollment.get("consent_electronic_reports"):
+            outcomes["deactivated"] += deactivate_for_enrollment(
+                db, enrollment["trial_id"], enrollment["participant_id"], now)
+    if changed:
+        state["enrollments"] = as_utc(changed[-1]["updated_at"]).isoformat()
+    if outcomes:
+        context.log.info(f"subscriptions: {dict(outcomes)}")
+    return SensorResult(run_requests=_first_report_requests(activated, now), cursor=json.dumps(state))

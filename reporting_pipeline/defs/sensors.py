@@ -41,6 +41,11 @@ PARTITION_TAG = "dagster/partition"
 RUN_KEY_TAG = "dagster/run_key"
 
 
+def utcnow() -> datetime:
+    """The sensors' clock (tests move it)."""
+    return datetime.now(UTC)
+
+
 def _partition_tags(partition: str) -> dict:
     week, shard = split_partition_key(partition)
     return {"report/week": week, "report/shard": shard}
@@ -126,7 +131,7 @@ def _queued_requests(context: SensorEvaluationContext, mongo: MongoResource, now
 def redrive_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
     """The dead-letter queue's consumer: re-runs failed partitions and transient dead letters (capped, growing
     delay) and redrives queued by operators or reconciliation."""
-    now = datetime.now(UTC)
+    now = utcnow()
     return SensorResult(run_requests=_failed_partition_requests(context, now) + _queued_requests(context, mongo, now))
 
 
@@ -171,7 +176,7 @@ def _first_report_requests(activated: dict[str, list[str]], now: datetime) -> li
 def subscription_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
     """Validates new and changed subscriptions, asks for first reports, and follows enrollment withdrawals."""
     db = mongo.get_db()
-    now = datetime.now(UTC)
+    now = utcnow()
     # Pending subscriptions are found through the (status, updated_at) index: no scan, and whatever a
     # tick leaves pending is simply picked up by the next one.
     pending = db[collections.SUBSCRIPTIONS].find({"status": PENDING}).sort("updated_at", 1).limit(

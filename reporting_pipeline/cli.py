@@ -1,4 +1,4 @@
-"""Command line: `reporting-pipeline demo|seed|subscriptions|api|dead-letters|reconcile|retention`."""
+"""Command line: `reporting-pipeline demo|seed|subscriptions|api|status|dead-letters|reconcile|retention`."""
 
 from __future__ import annotations
 
@@ -149,6 +149,57 @@ def _api(args) -> int:
     return 0
 
 
+def _dagster_figures(week: str, shard_count: int) -> tuple[dict, int | None, int | None]:
+    """Latest run status per shard partition, queued runs and recent failures, if DAGSTER_HOME is set."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return {}, None, None
+    from datetime import UTC, datetime, timedelta
+
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from .sharding import shard_ids
+
+    states = {}
+    with DagsterInstance.get() as instance:
+        for shard in shard_ids(shard_count):
+            runs = instance.get_runs(RunsFilter(job_name="weekly_reports_job",
+                                                tags={"dagster/partition": f"{shard}|{week}"}), limit=1)
+            states[shard] = runs[0].status.value.lower() if runs else "not run"
+        queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
+        failed = instance.get_runs_count(RunsFilter(
+            statuses=[DagsterRunStatus.FAILURE], updated_after=datetime.now(UTC) - timedelta(days=1)))
+    return states, queued, failed
+
+
+def _status(args) -> int:
+    from . import settings
+    from .observe import delivery_latencies, prometheus_text, week_status
+    from .weeks import Week, last_complete_week
+
+    db = _database()
+    if db is None:
+        return 2
+    from datetime import UTC, datetime
+
+    week = args.week or last_complete_week(datetime.now(UTC), settings.report_timezone()).key
+    Week.from_key(week, settings.report_timezone())
+    rows = week_status(db, week, settings.shard_count())
+    states, queued, failed = _dagster_figures(week, settings.shard_count())
+    for row in rows:
+        row.partition = states.get(row.shard, "unknown")
+    if args.prometheus:
+        print(prometheus_text(rows, week, delivery_latencies(db, week), queued, failed), end="")
+    else:
+        print(f"week {week}")
+        print(f"{'shard':6} {'subscribers':>11} {'rendered':>9} {'delivered':>10} {'dead letters':>13}  partition")
+        for r in rows:
+            print(f"{r.shard:6} {r.subscribers:>11} {r.rendered:>9} {r.delivered:>10} {r.dead_letters:>13}  {r.partition}")
+        total = [sum(getattr(r, f) for r in rows) for f in ("subscribers", "rendered", "delivered", "dead_letters")]
+        print(f"{'total':6} {total[0]:>11} {total[1]:>9} {total[2]:>10} {total[3]:>13}")
+        print("complete" if all(r.complete for r in rows) else "INCOMPLETE")
+    return 0 if all(r.complete for r in rows) else 1
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -201,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=_api)
+    p = sub.add_parser("status", help="per-shard state of a report week; exit 1 while it is incomplete")
+    p.add_argument("--week", help="Monday of the week (YYYY-MM-DD); default: the last complete week")
+    p.add_argument("--prometheus", action="store_true", help="print Prometheus text-format metrics instead")
+    p.set_defaults(func=_status)
     p = sub.add_parser("demo", help="run one weekly cycle on embedded services and write the results")
     p.add_argument("--subscribers", type=int, default=24)
     p.add_argument("--out", default="demo-output")

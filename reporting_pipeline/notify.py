@@ -174,7 +174,8 @@ def complete_delivery(db: Database, subscription_id: str, week_key: str, owner: 
     now = datetime.now(UTC)
     db[mongo.DELIVERIES].update_one(
         {"_id": f"{subscription_id}:{week_key}", "owner": owner},
-        {"$set": {"status": "sent", "sent_at": now, "message_id": msg_id, "report_sha256": report["sha256"]}},
+        {"$set": {"status": "sent", "sent_at": now, "message_id": msg_id, "report_sha256": report["sha256"],
+                  "shard": report.get("shard"), "rendered_at": report.get("rendered_at")}},
     )
     # Append-only audit trail of every send.
     db["delivery_audit"].insert_one({

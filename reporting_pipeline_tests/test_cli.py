@@ -58,3 +58,34 @@ def test_seed_without_a_database_says_so():
     done = subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", "seed"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert done.returncode == 2 and "MONGODB_URI is not set" in done.stderr
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeline, instance):
+    from reporting_pipeline.demo import run_weekly_cycle
+    from reporting_pipeline.embedded import patched_env
+    from reporting_pipeline.seed import seed
+    from reporting_pipeline.wire_mongo import MongoWireServer
+
+    from .conftest import LAST_WEEK, NOW
+
+    with MongoWireServer() as server, patched_env({"MONGODB_URI": server.uri}):
+        db = mongo.connect(server.uri)["reporting"]
+        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=1, now=NOW)
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": seeded.subscription_ids[0]}, {"$set": {"email": "nope"}})
+        run_weekly_cycle(pipeline.definitions(), instance, NOW)
+        env = {**pipeline.env, "MONGODB_URI": server.uri}
+        env.pop("DAGSTER_HOME", None)
+        done = cli("status", "--week", LAST_WEEK, env=env)
+        assert done.returncode == 1 and "INCOMPLETE" in done.stdout
+        total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
+        assert total[1:] == ["6", "6", "5", "1"]  # subscribers, rendered, delivered, dead letters
+        metrics = cli("status", "--week", LAST_WEEK, "--prometheus", env=env).stdout
+        sent = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("reporting_delivered{"))
+        assert sent == 5 and 'reporting_delivery_latency_seconds_count{week="' + LAST_WEEK + '"} 5' in metrics
+
+        db[mongo.DEAD_LETTERS].update_many({}, {"$set": {"status": "resolved"}})
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": seeded.subscription_ids[0]}, {"$set": {"status": "unsubscribed"}})
+        done = cli("status", "--week", LAST_WEEK, env=env)
+        assert done.returncode == 0 and done.stdout.strip().endswith("complete")

@@ -52,6 +52,11 @@ def batch_size() -> int:
     return _int("REPORT_BATCH_SIZE", 50, 1, 10_000)
 
 
+def render_workers() -> int:
+    """Render processes per run (REPORT_RENDER_WORKERS, default: one per CPU core)."""
+    return _int("REPORT_RENDER_WORKERS", os.cpu_count() or 1, 1, 256)
+
+
 def retention_days() -> int:
     """Days a stored report is kept (REPORT_RETENTION_DAYS, default 90)."""
     return _int("REPORT_RETENTION_DAYS", 90, 1, 3650)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -111,19 +113,67 @@ class PublishSummary:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports: list[AggregatedReport]) -> PublishSummary:
-    """Render and store each report of a batch; one failure is a dead letter, not a stopped batch."""
+class Renderer:
+    """Renders in a process pool sized to the CPU: reportlab is pure Python and holds the GIL.
+
+    One pool serves all batches of a step; `workers=1` renders in this process (tests, small shards).
+    """
+
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def render(self, reports: list[AggregatedReport]) -> list[tuple[bytes, int] | BaseException]:
+        """One (pdf, pages) or the exception it raised, per report, in order."""
+        if self.workers == 1 or len(reports) < 2 * self.workers:
+            return [_try_render(r) for r in reports]  # a pool would cost more to start than it saves
+        if self._pool is None:
+            # spawn, not fork: the step process runs threads (pymongo monitors, boto3) a fork could copy mid-lock.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return list(self._pool.map(_try_render, reports, chunksize=max(1, len(reports) // (self.workers * 4))))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _try_render(report: AggregatedReport) -> tuple[bytes, int] | BaseException:
+    try:
+        return render_report(report)
+    except Exception as error:  # returned, not raised: one poison report must not fail the whole map
+        return error
+
+
+def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports: list[AggregatedReport],
+                  renderer: Renderer | None = None, io_threads: int = 8) -> PublishSummary:
+    """Render (process pool) and store (I/O threads) a batch; one failure is a dead letter, not a stopped batch."""
     summary = PublishSummary()
     breaker = Breaker()
-    for report in reports:
-        stage = "render"
-        try:
-            pdf, pages = render_report(report)
-            stage = "store"
-            call_with_retry(lambda: store_report(
-                db, s3, bucket, encryption, subscription_id=report.subscription_id, week_key=report.week_key,
-                shard_id=report.shard_id, pdf=pdf, pages=pages))
-        except Exception as error:
+    rendered = (renderer or Renderer()).render(reports)
+
+    def store(item):
+        report, result = item
+        pdf, pages = result
+        call_with_retry(lambda: store_report(
+            db, s3, bucket, encryption, subscription_id=report.subscription_id, week_key=report.week_key,
+            shard_id=report.shard_id, pdf=pdf, pages=pages))
+
+    ready = [(r, res) for r, res in zip(reports, rendered) if not isinstance(res, BaseException)]
+    with ThreadPoolExecutor(max(1, min(io_threads, len(ready)))) as pool:
+        stored = dict(zip((id(r) for r, _ in ready), pool.map(_outcome(store), ready)))
+    for report, result in zip(reports, rendered):
+        if isinstance(result, BaseException):
+            stage, error = "render", result
+        else:
+            stage, error = "store", stored[id(report)]
+        if error is not None:
             record_dead_letter(db, subscription_id=report.subscription_id, week=report.week_key, stage=stage,
                                error=error)
             summary.failed += 1
@@ -132,9 +182,21 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports
         breaker.succeeded()
         resolve_dead_letters(db, subscription_id=report.subscription_id, week=report.week_key,
                              stages=("fetch", "aggregate", "render", "store"))
+        pdf, pages = result
         summary.rendered += 1
         summary.pages += pages
         summary.bytes += len(pdf)
         summary.empty_weeks += 0 if report.has_data else 1
         summary.issues += len(report.issues)
     return summary
+
+
+def _outcome(fn):
+    """Wrap `fn` so a thread pool returns its exception (or None) instead of raising it."""
+    def run(item):
+        try:
+            fn(item)
+            return None
+        except Exception as error:
+            return error
+    return run

@@ -71,3 +71,16 @@ def test_left_out_items_are_mentioned_without_details():
     broken = bundle(files=[FileItem("n9", "text", datetime(2026, 11, 17, tzinfo=UTC), "text/plain", b"\xff")])
     text = pdf_text(render_report(aggregate_subscriber(broken, "UTC"))[0])
     assert "1 item(s) could not be included" in text
+
+
+def test_process_pool_renders_the_same_bytes_and_returns_failures_in_place():
+    from reporting_pipeline.store import Renderer
+
+    good = aggregate_subscriber(bundle(), "UTC")
+    bad = aggregate_subscriber(bundle(records=[{**RECORDS[2], "unit": "kg " * 40000}]), "UTC")
+    reports = [good, good, bad, good, good]
+    with Renderer(workers=2) as renderer:
+        results = renderer.render(reports)
+    serial, _ = render_report(good)
+    assert [r[0] == serial for i, r in enumerate(results) if i != 2] == [True] * 4
+    assert type(results[2]).__name__ == "LayoutError"

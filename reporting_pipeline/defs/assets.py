@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, Backoff, Config, Jitter, MaterializeR
 from reporting_pipeline.aggregate import aggregate_batch
 from reporting_pipeline.fetch import iter_subscriber_batches
 from reporting_pipeline.notify import deliver_shard
-from reporting_pipeline.store import PublishSummary, publish_batch
+from reporting_pipeline.store import PublishSummary, Renderer, publish_batch
 from reporting_pipeline.weeks import Week
 
 from .io_manager import BatchStream
@@ -81,15 +81,20 @@ def aggregated_tables(context: AssetExecutionContext, fetched_records: BatchStre
 
 @asset(partitions_def=report_partitions_def, group_name=GROUP, retry_policy=STEP_RETRY)
 def report_pdfs(
-    context: AssetExecutionContext, aggregated_tables: BatchStream, mongo: MongoResource, s3: S3Resource
+    context: AssetExecutionContext,
+    aggregated_tables: BatchStream,
+    mongo: MongoResource,
+    s3: S3Resource,
+    report_settings: ReportSettingsResource,
 ) -> MaterializeResult:
     """One encrypted PDF per subscriber in S3, registered in the `reports` collection."""
     db, client = mongo.get_db(), s3.get_client()
     started = time.monotonic()
     total = PublishSummary()
-    for batch in aggregated_tables:
-        total.add(publish_batch(db, client, s3.bucket, s3.encryption(), batch))
-        context.log.info(f"rendered {total.rendered} reports, {total.failed} failed")
+    with Renderer(report_settings.render_workers) as renderer:
+        for batch in aggregated_tables:
+            total.add(publish_batch(db, client, s3.bucket, s3.encryption(), batch, renderer))
+            context.log.info(f"rendered {total.rendered} reports, {total.failed} failed")
     return MaterializeResult(metadata={**vars(total), "seconds": round(time.monotonic() - started, 3)})
 
 

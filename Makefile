@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo dev test venv clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(BIN)/reporting-pipeline demo $(DEMO_ARGS)
+
+dev: $(STAMP)
+	$(BIN)/reporting-pipeline dev $(DEV_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest reporting_pipeline_tests $(PYTEST_ARGS)

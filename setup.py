@@ -32,13 +32,14 @@ setup(
         "mongomock>=4.3",
         "moto[s3,server]>=5.1",
         "aiosmtpd>=1.4.6",
+        "mongoeco>=4.11; python_version >= '3.13'",  # MongoDB-wire server of `reporting-pipeline dev`
     ],
     extras_require={
         "dev": [
             "pytest>=8",
             "httpx>=0.27",
             "pypdf>=5",
-            "mongoeco>=4.11; python_version >= '3.13'",
+            "selenium>=4.20",
         ],
     },
     entry_points={

@@ -1,4 +1,4 @@
-"""Command line: `reporting-pipeline demo|seed|subscriptions|api|status|dead-letters|reconcile|retention`."""
+"""Command line: `reporting-pipeline demo|dev|outbox|seed|subscriptions|api|status|dead-letters|reconcile|retention`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from .dev import add_dev_arguments, dev_main
+from .outbox import add_outbox_arguments, outbox_main
 
 
 def _seed(args) -> int:
@@ -256,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--week", help="Monday of the week (YYYY-MM-DD); default: the last complete week")
     p.add_argument("--prometheus", action="store_true", help="print Prometheus text-format metrics instead")
     p.set_defaults(func=_status)
+    p = sub.add_parser("dev", help="run Dagster (UI, daemon) with local MongoDB, S3 and SMTP stand-ins")
+    add_dev_arguments(p)
+    p.set_defaults(func=dev_main)
+    p = sub.add_parser("outbox", help="list the emails the dev stack's SMTP sink saved")
+    add_outbox_arguments(p)
+    p.set_defaults(func=outbox_main)
     p = sub.add_parser("demo", help="run one weekly cycle on embedded services and write the results")
     p.add_argument("--subscribers", type=int, default=24)
     p.add_argument("--out", default="demo-output")

@@ -48,6 +48,8 @@ run_retries:
   retry_on_asset_or_op_failure: false
 telemetry:
   enabled: false
+nux:
+  enabled: false  # no sign-up dialog in the UI
 """
 LOCATION_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
   name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
@@ -65,7 +67,7 @@ class _Stop(BaseException):
     """Raised by the signal handler, so a blocking wait anywhere ends in the shutdown path."""
 
 
-def _port(text: str) -> int:
+def tcp_port(text: str) -> int:
     port = int(text)
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a TCP port")
@@ -78,10 +80,10 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     parser.add_argument("--outbox", help="folder where the SMTP sink saves messages (default HOME/outbox)")
     parser.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default %(default)s)")
-    parser.add_argument("--ui-port", type=_port, default=3000)
-    parser.add_argument("--mongo-port", type=_port, default=27017, help="when MONGODB_URI is unset")
-    parser.add_argument("--s3-port", type=_port, default=9000, help="when AWS_ENDPOINT_URL is unset")
-    parser.add_argument("--smtp-port", type=_port, default=1025, help="when SMTP_HOST is unset")
+    parser.add_argument("--ui-port", type=tcp_port, default=3000)
+    parser.add_argument("--mongo-port", type=tcp_port, default=27017, help="when MONGODB_URI is unset")
+    parser.add_argument("--s3-port", type=tcp_port, default=9000, help="when AWS_ENDPOINT_URL is unset")
+    parser.add_argument("--smtp-port", type=tcp_port, default=1025, help="when SMTP_HOST is unset")
     parser.add_argument("--subscribers", type=int, default=24, help="demo subscribers to seed")
     parser.add_argument("--weeks", type=int, default=3, help="complete weeks of demo data to seed")
     parser.add_argument("--no-seed", action="store_true", help="never seed demo data")
@@ -136,8 +138,7 @@ def _reap_orphans() -> dict:
 
 
 def _kill_all(select_pids, grace: float, patience: float = 0) -> None:
-    """Stop the processes `select_pids(table)` picks: wait `patience` s for them to exit by themselves,
-    then SIGTERM, then SIGKILL those still there after `grace` s."""
+    """Stop what `select_pids(table)` picks: `patience` s to exit alone, then SIGTERM, SIGKILL after `grace` s."""
     for sig, wait in ((None, patience), (signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         deadline, sent = time.monotonic() + wait, set()
         while True:
@@ -305,6 +306,30 @@ def _first_week(weeks: int, timezone: str) -> str:
     return (last_complete_week(datetime.now(UTC), timezone).monday - timedelta(days=7 * (weeks - 1))).isoformat()
 
 
+def _environment(args, home: Path, ui_url: str, embedded_mongo: bool, embedded_s3: bool, embedded_smtp: bool) -> dict:
+    """Our environment, pointed at the stand-ins and the local instance; every child gets it."""
+    env = dict(os.environ, DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.setdefault("REPORTS_BUCKET", "clinical-reports")
+    env.setdefault("IO_MANAGER_BASE_DIR", str(home / "reporting-io"))
+    env.setdefault("DAGSTER_UI_URL", ui_url)
+    env.setdefault("EMAIL_FROM", "reports@trial-reports.example.org")
+    if embedded_mongo:
+        env["MONGODB_URI"] = f"mongodb://127.0.0.1:{args.mongo_port}/?directConnection=true"
+        if not args.no_seed:  # partitions start at the first seeded week, not in 2025
+            env.setdefault("REPORT_FIRST_WEEK", _first_week(args.weeks, env.get("REPORT_TIMEZONE") or "UTC"))
+    if embedded_s3:
+        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{args.s3_port}", AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_REGION=env.get("AWS_REGION") or "us-east-1")
+        env.pop("AWS_SESSION_TOKEN", None)
+        env.pop("AWS_PROFILE", None)
+    if embedded_smtp:
+        env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(args.smtp_port))
+        for name in ("SMTP_USERNAME", "SMTP_PASSWORD", "SMTP_STARTTLS"):
+            env.pop(name, None)  # the sink takes no login
+        env.setdefault("OPS_EMAIL", "ops@trial-reports.example.org")  # alerts land in the outbox too
+    return env
+
+
 def dev_main(args) -> int:
     """Start the stack, print the UI URL once healthy, and stop everything on Ctrl-C or SIGTERM."""
     if args.subscribers < 1 or args.weeks < 1:
@@ -335,29 +360,8 @@ def dev_main(args) -> int:
     logs = home / "logs"
     for folder in (home, outbox, logs):
         folder.mkdir(parents=True, exist_ok=True)
-    ui_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    ui_url = f"http://{ui_host}:{args.ui_port}"
-
-    env = dict(os.environ, DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1")
-    env.setdefault("REPORTS_BUCKET", "clinical-reports")
-    env.setdefault("IO_MANAGER_BASE_DIR", str(home / "reporting-io"))
-    env.setdefault("DAGSTER_UI_URL", ui_url)
-    env.setdefault("EMAIL_FROM", "reports@trial-reports.example.org")
-    if embedded_mongo:
-        env["MONGODB_URI"] = f"mongodb://127.0.0.1:{args.mongo_port}/?directConnection=true"
-    if embedded_s3:
-        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{args.s3_port}", AWS_ACCESS_KEY_ID="testing",
-                   AWS_SECRET_ACCESS_KEY="testing", AWS_REGION=env.get("AWS_REGION") or "us-east-1")
-        env.pop("AWS_SESSION_TOKEN", None)
-        env.pop("AWS_PROFILE", None)
-    if embedded_smtp:
-        env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(args.smtp_port))
-        for name in ("SMTP_USERNAME", "SMTP_PASSWORD", "SMTP_STARTTLS"):
-            env.pop(name, None)  # the sink takes no login
-        env.setdefault("OPS_EMAIL", "ops@trial-reports.example.org")  # alerts land in the outbox too
-    seeding = not args.no_seed
-    if seeding and embedded_mongo:
-        env.setdefault("REPORT_FIRST_WEEK", _first_week(args.weeks, env.get("REPORT_TIMEZONE") or "UTC"))
+    ui_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::', '') else args.host}:{args.ui_port}"
+    env = _environment(args, home, ui_url, embedded_mongo, embedded_s3, embedded_smtp)
     os.environ.update(env)  # seeding here reads the same settings as the children
 
     if _LIBC is not None:
@@ -394,7 +398,7 @@ def dev_main(args) -> int:
             children.append(smtp)
             smtp.wait_ready_line(30)
             _say(f"SMTP     127.0.0.1:{args.smtp_port} -> {outbox}/*.eml  (list them: reporting-pipeline outbox)")
-        if seeding:
+        if not args.no_seed:
             _say(f"demo data: {_seed(args, env, embedded_mongo)}")
 
         instance = _write_instance_yaml(home)
@@ -403,7 +407,9 @@ def dev_main(args) -> int:
             ["-m", "reporting_pipeline.defs.definitions", "-a", "defs"]
         dagster = Child("dagster dev", [sys.executable, "-m", "dagster", "dev", *workspace,
                                         "--host", args.host, "--port", str(args.ui_port)],
-                        env, None, cwd=ROOT if WORKSPACE.exists() else home)
+                        # Its advice to use `dg dev` does not apply: dg is not part of this project.
+                        dict(env, PYTHONWARNINGS="ignore:Function `dev_command` is superseded"), None,
+                        cwd=ROOT if WORKSPACE.exists() else home)
         children.append(dagster)
         started = time.monotonic()
         errors = _wait_for_ui(ui_url, dagster, args.startup_timeout)

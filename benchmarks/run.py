@@ -1,0 +1,191 @@
+"""Benchmarks: render limit, one shard end to end through Dagster, scale (1k/10k), orchestration overhead.
+
+    python benchmarks/run.py [--quick] [--sizes 1000 10000]
+
+Prints a table and writes benchmarks/results.json. Each scale point runs in a fresh process so its
+peak RSS is its own. MongoDB is mongomock inside that process, so the process also holds the seeded
+database; the run's own memory is reported as peak minus the post-seed baseline (VmHWM is reset
+after seeding through /proc/self/clear_refs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+
+
+def _vm(field: str) -> int:
+    """A /proc/self/status figure in KiB (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def render_limit(reports: int) -> dict:
+    """The renderer alone, one process, on pre-built inputs: the physical limit per core."""
+    import random
+
+    from reporting_pipeline.aggregate import aggregate_subscriber
+    from reporting_pipeline.fetch import FileItem, SubscriberWeek
+    from reporting_pipeline.render import render_report
+    from reporting_pipeline.seed import photo_bytes
+    from reporting_pipeline.weeks import Week
+
+    week = Week.from_key("2026-11-16", "UTC")
+    rng = random.Random(1)
+    photo = photo_bytes(rng)
+    inputs = []
+    for n in range(reports):
+        records = [{"record_id": f"r{n}-{d}-{m}", "recorded_at": datetime.combine(day, datetime.min.time(), UTC)
+                    .replace(hour=8 + d % 10), "metric": m, "value": 70 + rng.gauss(0, 8), "unit": "u",
+                    "ref_low": 50.0, "ref_high": 100.0}
+                   for d, day in enumerate(week.previous().days + week.days) for m in ("a_metric", "b_metric", "c_metric")]
+        files = [FileItem(f"n{n}", "text", week.start_utc.replace(hour=21), "text/plain", b"Slept well. <b>ok</b> & fine"),
+                 FileItem(f"p{n}", "image", week.start_utc.replace(hour=12), "image/jpeg", photo)]
+        bundle = SubscriberWeek(f"sub_{n}", "a@example.org", "T", "Trial", f"P-{n:06d}", "UTC", week.key, "00",
+                                records=records, files=files)
+        inputs.append(aggregate_subscriber(bundle, "UTC"))
+    render_report(inputs[0])  # warm-up: fonts, imports
+    started = time.perf_counter()
+    for report in inputs:
+        render_report(report)
+    seconds = time.perf_counter() - started
+    return {"reports": reports, "seconds": round(seconds, 3), "reports_per_s_per_core": round(reports / seconds, 2)}
+
+
+def shard_run(subscribers: int) -> dict:
+    """Seed `subscribers` into one shard, then run the report and delivery jobs through Dagster."""
+    os.environ["REPORT_SHARDS"] = "1"
+    os.environ.setdefault("REPORT_STEP_RETRY_DELAY_SECONDS", "1")
+    import tempfile
+
+    from dagster import DagsterEventType, DagsterInstance
+
+    from reporting_pipeline import mongo
+    from reporting_pipeline.embedded import embedded_services
+    from reporting_pipeline.objectstore import Encryption, make_client
+    from reporting_pipeline.seed import seed
+
+    with tempfile.TemporaryDirectory() as work, embedded_services(Path(work)) as (env, outbox):
+        db = mongo.connect(env["MONGODB_URI"])["reporting"]
+        t = time.perf_counter()
+        seed(db, make_client(env["AWS_ENDPOINT_URL"]), env["REPORTS_BUCKET"], Encryption(),
+             subscribers=subscribers, weeks=2, now=NOW)
+        seed_seconds = time.perf_counter() - t
+        from reporting_pipeline.defs.definitions import build_definitions
+        from reporting_pipeline.defs.partitions import report_partition_key
+
+        definitions = build_definitions()
+        key = report_partition_key("2026-11-16", "00")
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak from here on is the run's
+        baseline = _vm("VmRSS")
+        with DagsterInstance.ephemeral() as instance:
+            launched = time.time()
+            t = time.perf_counter()
+            result = definitions.resolve_job_def("weekly_reports_job").execute_in_process(
+                instance=instance, partition_key=key, run_config=quiet)
+            render_seconds = time.perf_counter() - t
+            t = time.perf_counter()
+            delivery = definitions.resolve_job_def("report_delivery_job").execute_in_process(
+                instance=instance, partition_key=key, run_config=quiet)
+            deliver_seconds = time.perf_counter() - t
+            starts = {e.step_key: e.timestamp for e in instance.all_logs(
+                result.run_id, of_type=DagsterEventType.STEP_START)}
+            first_batch = min(e.timestamp for e in instance.all_logs(result.run_id)
+                              if e.user_message.startswith("fetched "))
+            steps = {}
+            for run_id in (result.run_id, delivery.run_id):
+                began = {e.step_key: e.timestamp for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)}
+                for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS):
+                    steps[e.step_key] = round(e.timestamp - began[e.step_key], 2)
+        peak = _vm("VmHWM")
+        import resource
+
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        assert result.success and delivery.success
+        reports = db[mongo.REPORTS].count_documents({})
+        return {
+            "subscribers": subscribers,
+            "reports": reports,
+            "emails": len(outbox.messages),
+            "seed_seconds": round(seed_seconds, 1),
+            "report_run_seconds": round(render_seconds, 2),
+            "delivery_run_seconds": round(deliver_seconds, 2),
+            "wall_seconds": round(render_seconds + deliver_seconds, 2),
+            "reports_per_s": round(reports / (render_seconds + deliver_seconds), 2),
+            "peak_rss_mib": round(peak / 1024, 1),
+            "baseline_rss_mib": round(baseline / 1024, 1),
+            "run_rss_mib": round((peak - baseline) / 1024, 1),
+            "render_worker_peak_rss_mib": round(children / 1024, 1),
+            "step_seconds": steps,
+            "launch_to_first_step_s": round(starts["fetched_records"] - launched, 3),
+            "launch_to_first_subscriber_s": round(first_batch - launched, 3),
+        }
+
+
+def in_subprocess(subscribers: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one-shard", str(subscribers)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument("--one-shard", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one_shard:
+        print(json.dumps(shard_run(args.one_shard)))
+        return
+    sizes = [50, 200] if args.quick else args.sizes
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+               "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    results["render_limit"] = render_limit(40 if args.quick else 200)
+    print(f"render limit: {results['render_limit']['reports_per_s_per_core']} reports/s per core", flush=True)
+    e2e_size = 100 if args.quick else 500
+    e2e = in_subprocess(e2e_size)
+    e2e["ratio_to_render_limit"] = round(e2e["reports_per_s"] / results["render_limit"]["reports_per_s_per_core"], 2)
+    results["end_to_end"] = e2e
+    print(f"end to end ({e2e_size}): {e2e['reports_per_s']} reports/s, ratio {e2e['ratio_to_render_limit']}", flush=True)
+    results["scale"] = []
+    for n in sizes:
+        point = in_subprocess(n)
+        results["scale"].append(point)
+        print(f"scale {n}: {point['wall_seconds']} s, {point['reports_per_s']} reports/s, "
+              f"run RSS {point['run_rss_mib']} MiB", flush=True)
+    if len(results["scale"]) >= 2:
+        small, large = results["scale"][0], results["scale"][-1]
+        results["rss_ratio_large_to_small"] = round(large["run_rss_mib"] / max(small["run_rss_mib"], 0.1), 2)
+    print()
+    print(f"{'benchmark':34} {'figure':>14}")
+    print(f"{'render limit (reports/s/core)':34} {results['render_limit']['reports_per_s_per_core']:>14}")
+    print(f"{'end to end (reports/s)':34} {e2e['reports_per_s']:>14}")
+    print(f"{'end to end / render limit':34} {e2e['ratio_to_render_limit']:>14}")
+    for p in results["scale"]:
+        print(f"{'scale ' + str(p['subscribers']) + ' wall (s)':34} {p['wall_seconds']:>14}")
+        print(f"{'scale ' + str(p['subscribers']) + ' reports/s':34} {p['reports_per_s']:>14}")
+        print(f"{'scale ' + str(p['subscribers']) + ' run RSS (MiB)':34} {p['run_rss_mib']:>14}")
+        print(f"{'scale ' + str(p['subscribers']) + ' launch->1st subscriber (s)':34} {p['launch_to_first_subscriber_s']:>14}")
+    if "rss_ratio_large_to_small" in results:
+        print(f"{'run RSS ratio largest/smallest':34} {results['rss_ratio_large_to_small']:>14}")
+    target = HERE / ("results-quick.json" if args.quick else "results.json")
+    target.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The production instance on a real PostgreSQL, driven by `dagster-daemon run`: queued runs within their limits,
+then the delivery sensor, and one email per subscriber.
+
+The instance is the production dagster.yaml with local processes standing in for pods (the default run
+launcher) and smaller queue limits. MongoDB (mongoeco's wire server), S3 (moto) and SMTP (aiosmtpd) are
+real servers on loopback. Needs PostgreSQL: `export DAGSTER_TEST_PG_DSN="$(bash .ci/postgres.sh)"`; without
+it the test is skipped, except in CI (CI=true), where it fails. Run with -s to see its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance, DagsterRunStatus
+
+from reporting_pipeline import mongo
+from reporting_pipeline.embedded import patched_env
+from reporting_pipeline.seed import seed
+
+from .conftest import LAST_WEEK, NOW
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DSN = os.environ.get("DAGSTER_TEST_PG_DSN", "postgresql://dagster:dagster@127.0.0.1:5432/dagster")
+SHARDS = 4
+MAX_CONCURRENT_RUNS = 2
+SUBSCRIBERS = 16
+DEADLINE_SECONDS = 170
+ACTIVE = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
+
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+
+
+def _connect(dsn: str):
+    import psycopg2
+
+    return psycopg2.connect(dsn, connect_timeout=3)
+
+
+@pytest.fixture
+def database():
+    """A fresh database for this run (dropped after), as the DAGSTER_PG_* variables dagster.yaml reads."""
+    import psycopg2
+    from psycopg2.extensions import parse_dsn
+
+    params = parse_dsn(DSN)
+    try:
+        admin = _connect(DSN)
+    except psycopg2.OperationalError as error:
+        reason = (f"PostgreSQL is not reachable at {params.get('host')}:{params.get('port', 5432)} "
+                  f"({' '.join(str(error).split())}); start it with `bash .ci/postgres.sh`")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    admin.autocommit = True
+    name = f"dagster_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {
+            "DAGSTER_PG_HOST": params.get("host", "127.0.0.1"),
+            "DAGSTER_PG_PORT": str(params.get("port", 5432)),
+            "DAGSTER_PG_DB": name,
+            "DAGSTER_PG_USERNAME": params["user"],
+            "DAGSTER_PG_PASSWORD": params.get("password", ""),
+        }
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def instance_yaml() -> dict:
+    """Production dagster.yaml (storage, queue, retries, monitoring) with processes instead of Kubernetes Jobs."""
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    config["run_launcher"] = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed; dagster-postgres
+    # brings psycopg2 (test_production.py::test_production_storage_names_an_installed_postgres_driver).
+    config["storage"]["postgres"]["postgres_db"].setdefault("scheme", "postgresql+psycopg2")
+    queue = config["run_coordinator"]["config"]
+    queue["max_concurrent_runs"] = MAX_CONCURRENT_RUNS
+    for limit in queue["tag_concurrency_limits"]:
+        limit["limit"] = min(limit["limit"], MAX_CONCURRENT_RUNS)
+    queue["dequeue_interval_seconds"] = 1  # production keeps the default (5 s); a short test wants less
+    return config
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries the marker: everything the daemon (and the CLI) started."""
+    pids = []
+    if not Path("/proc").is_dir():
+        return pids  # not Linux: nothing to check with
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+class Observer:
+    """Run statuses polled from the instance: the most runs active at once, overall and per week."""
+
+    def __init__(self, instance: DagsterInstance):
+        self.instance = instance
+        self.max_started = self.max_active = self.max_active_per_week = 0
+        self.runs = []
+
+    def poll(self):
+        self.runs = self.instance.get_runs()
+        started = [r for r in self.runs if r.status == DagsterRunStatus.STARTED]
+        active = [r for r in self.runs if r.status in ACTIVE]
+        self.max_started = max(self.max_started, len(started))
+        self.max_active = max(self.max_active, len(active))
+        per_week = Counter(r.tags.get("report/week") for r in active)
+        self.max_active_per_week = max([self.max_active_per_week, *per_week.values()])
+
+    def of(self, job_name: str):
+        return [r for r in self.runs if r.job_name == job_name]
+
+
+def test_daemon_on_postgres_queues_runs_within_limits_and_delivers_one_email_each(pipeline, database, tmp_path):
+    from reporting_pipeline.wire_mongo import MongoWireServer
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml()))
+    marker = f"REPORTING_DAEMON_TEST={uuid.uuid4().hex}"
+    partitions = [f"{shard:02d}|{LAST_WEEK}" for shard in range(SHARDS)]
+
+    with MongoWireServer() as wire, patched_env({"MONGODB_URI": wire.uri, **database}):
+        db = mongo.connect(wire.uri)["reporting"]
+        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=SUBSCRIBERS, weeks=2, now=NOW)
+        emails = {s["_id"]: s["email"] for s in db[mongo.SUBSCRIPTIONS].find()}
+        env = {**os.environ, "DAGSTER_HOME": str(home), "REPORT_SHARDS": str(SHARDS),
+               marker.split("=")[0]: marker.split("=")[1]}
+
+        # Creates the schema before daemon and CLI connect, so they never race to create it.
+        with DagsterInstance.from_config(str(home)) as instance:
+            observer = Observer(instance)
+            log = (tmp_path / "daemon.log").open("w")
+            started = time.monotonic()
+            daemon = subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                # The operator's way to queue a week's shards: one backfill, one run per partition.
+                backfill = subprocess.run(
+                    [str(BIN / "dagster"), "job", "backfill", "-w", str(ROOT / "workspace.yaml"),
+                     "-j", "weekly_reports_job", "--partitions", ",".join(partitions),
+                     "--tags", json.dumps({"report/week": LAST_WEEK}), "--noprompt"],
+                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                assert backfill.returncode == 0, backfill.stderr[-3000:]
+                queued_at = time.monotonic() - started
+                reports_done_at = None
+                while time.monotonic() - started < DEADLINE_SECONDS:
+                    assert daemon.poll() is None, "dagster-daemon exited:\n" + (tmp_path / "daemon.log").read_text()[-3000:]
+                    observer.poll()
+                    reports = observer.of("weekly_reports_job")
+                    deliveries = observer.of("report_delivery_job")
+                    if reports_done_at is None and len(reports) == SHARDS and all(r.is_finished for r in reports):
+                        reports_done_at = time.monotonic() - started
+                    if len(deliveries) == SHARDS and all(r.is_finished for r in deliveries) and reports_done_at:
+                        break
+                    time.sleep(0.2)
+                finished_at = time.monotonic() - started
+            finally:
+                stop = time.monotonic()
+                daemon.send_signal(signal.SIGTERM)  # what Kubernetes sends; the daemon maps it to a clean exit
+                try:
+                    exit_code = daemon.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(daemon.pid, signal.SIGKILL)  # its own session: only what it started
+                    exit_code = daemon.wait()
+                stopped_in = time.monotonic() - stop
+                log.close()
+                deadline = time.monotonic() + 15
+                while (left := marked_pids(marker)) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                for pid in left:
+                    os.kill(pid, signal.SIGKILL)  # carries this test's marker: ours to end
+
+            statuses = Counter((r.job_name, r.status.value) for r in observer.runs)
+            recipients = Counter(m["To"] for m in pipeline.outbox.messages)
+            print(f"\ndaemon on PostgreSQL: {SUBSCRIBERS} subscribers, {SHARDS} shards; runs {dict(statuses)}; "
+                  f"max {observer.max_started} STARTED at once ({observer.max_active} active, "
+                  f"{observer.max_active_per_week} per week; limit {MAX_CONCURRENT_RUNS}); queued after "
+                  f"{queued_at:.1f} s, reports done after {reports_done_at or float('nan'):.1f} s, "
+                  f"{len(pipeline.outbox.messages)} emails after {finished_at:.1f} s; daemon stopped in "
+                  f"{stopped_in:.1f} s with exit code {exit_code}, {len(left)} process(es) left behind")
+
+            daemon_log = (tmp_path / "daemon.log").read_text()
+            assert statuses == {("weekly_reports_job", "SUCCESS"): SHARDS, ("report_delivery_job", "SUCCESS"): SHARDS}, \
+                daemon_log[-3000:]
+            assert sorted(r.tags["dagster/partition"] for r in observer.of("weekly_reports_job")) == partitions
+            assert 1 <= observer.max_started <= MAX_CONCURRENT_RUNS and observer.max_active <= MAX_CONCURRENT_RUNS
+            assert set(recipients) == set(emails.values()) and set(recipients.values()) == {1}
+            assert db[mongo.REPORTS].count_documents({"week": LAST_WEEK}) == len(seeded.subscription_ids)
+            assert exit_code == 0 and not left, daemon_log[-3000:]

@@ -10,7 +10,7 @@ import hashlib
 import re
 import smtplib
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -54,7 +54,6 @@ class DeliverySummary:
     already_sent: int = 0
     not_active: int = 0
     failed: int = 0
-    message_ids: list[str] = field(default_factory=list)
 
     def as_metadata(self) -> dict:
         return {"sent": self.sent, "already_sent": self.already_sent, "not_active": self.not_active,
@@ -283,7 +282,6 @@ def deliver_shard(
                 call_with_retry(lambda: complete_delivery(db, sub_id, week.key, owner, report, msg_id))
                 resolve_dead_letters(db, subscription_id=sub_id, week=week.key, stages=("deliver",))
                 summary.sent += 1
-                summary.message_ids.append(msg_id)
     return summary
 
 

@@ -1,7 +1,6 @@
 """The whole weekly cycle through Dagster: schedule -> shard runs -> delivery sensor -> delivery runs."""
 
 import hashlib
-import io
 import re
 import statistics
 import urllib.request
@@ -9,7 +8,6 @@ from collections import Counter, defaultdict
 from urllib.parse import parse_qs, unquote, urlparse
 
 from dagster import AssetKey
-from PIL import Image
 
 from reporting_pipeline import mongo
 from reporting_pipeline.demo import run_weekly_cycle

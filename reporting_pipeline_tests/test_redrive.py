@@ -3,7 +3,7 @@
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from dagster import DagsterRunStatus, RunsFilter, build_run_status_sensor_context, build_sensor_context
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,6 @@ from reporting_pipeline.demo import run_weekly_cycle
 from reporting_pipeline.seed import seed
 from reporting_pipeline.sharding import shard_of
 from reporting_pipeline.subscribe import subscribe
-from reporting_pipeline.weeks import Week
 
 from .conftest import LAST_WEEK, NOW
 from .test_api import AUDIENCE, ISSUER, SECRET, auth

@@ -6,6 +6,7 @@ Memory is bounded by the batch size, never by the number of subscribers in the s
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from itertools import batched
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from .weeks import Week, as_utc
 
 # Larger files are refused before download: no diary note or photo needs more.
 MAX_FILE_BYTES = 25 * 1024 * 1024
+FILE_THREADS = 8
 
 
 @dataclass
@@ -115,6 +117,13 @@ def read_file(s3, bucket: str, meta: dict) -> FileItem:
     return FileItem(ref, meta.get("kind", ""), as_utc(meta["recorded_at"]), meta.get("content_type", ""), data)
 
 
+def _download(s3, bucket: str, meta: dict) -> FileItem | BaseException:
+    try:
+        return call_with_retry(lambda: read_file(s3, bucket, meta))
+    except Exception as error:  # returned, not raised: the subscriber loop decides what it means
+        return error
+
+
 def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_size: int,
                          only: list[str] | None = None):
     """Cursor over one shard's active subscriptions (or just `only` of them), in a stable order."""
@@ -151,6 +160,12 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
     for meta in file_docs:
         file_metas[(meta.get("trial_id"), meta.get("participant_id"))].append(meta)
 
+    # File downloads are I/O: fetch the whole batch's files on threads (boto3 clients are thread-safe),
+    # each download retried on its own; results (or errors) are then handed out per subscriber below.
+    wanted = [m for sub in subscriptions for m in file_metas.get((sub["trial_id"], sub["participant_id"]), [])]
+    with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(wanted)))) as pool:
+        downloaded = dict(zip((id(m) for m in wanted), pool.map(lambda m: _download(s3, bucket, m), wanted)))
+
     bundles = []
     breaker = Breaker()
     for sub in subscriptions:
@@ -169,10 +184,13 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
         )
         try:
             for meta in file_metas.get(owner, []):
-                try:
-                    bundle.files.append(call_with_retry(lambda meta=meta: read_file(s3, bucket, meta)))
-                except ReportInputError as error:
-                    bundle.issues.append(Issue.from_error("fetch", error))
+                result = downloaded[id(meta)]
+                if isinstance(result, ReportInputError):
+                    bundle.issues.append(Issue.from_error("fetch", result))
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    bundle.files.append(result)
         except Exception as error:  # one subscriber's failure must not sink the batch
             record_dead_letter(db, subscription_id=bundle.subscription_id, week=week.key, stage="fetch", error=error)
             breaker.failed(error)

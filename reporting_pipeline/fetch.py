@@ -20,7 +20,7 @@ from . import mongo
 from .dead_letters import record_dead_letter
 from .errors import ChecksumMismatch, FileTooLarge, Issue, MalformedRecord, MissingObject, ReportInputError
 from .objectstore import is_not_found, sha256_hex
-from .retry import Breaker, call_with_retry
+from .retry import Breaker, call_with_retry, captured
 from .sharding import shard_filter
 from .weeks import Week, as_utc
 
@@ -117,13 +117,6 @@ def read_file(s3, bucket: str, meta: dict) -> FileItem:
     return FileItem(ref, meta.get("kind", ""), as_utc(meta["recorded_at"]), meta.get("content_type", ""), data)
 
 
-def _download(s3, bucket: str, meta: dict) -> FileItem | BaseException:
-    try:
-        return call_with_retry(lambda: read_file(s3, bucket, meta))
-    except Exception as error:  # returned, not raised: the subscriber loop decides what it means
-        return error
-
-
 def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_size: int,
                          only: list[str] | None = None):
     """Cursor over one shard's active subscriptions (or just `only` of them), in a stable order."""
@@ -164,7 +157,8 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
     # each download retried on its own; results (or errors) are then handed out per subscriber below.
     wanted = [m for sub in subscriptions for m in file_metas.get((sub["trial_id"], sub["participant_id"]), [])]
     with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(wanted)))) as pool:
-        downloaded = dict(zip((id(m) for m in wanted), pool.map(lambda m: _download(s3, bucket, m), wanted)))
+        downloaded = dict(zip((id(m) for m in wanted), pool.map(
+            lambda m: captured(call_with_retry, lambda: read_file(s3, bucket, m)), wanted)))
 
     bundles = []
     breaker = Breaker()

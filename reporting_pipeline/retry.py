@@ -111,3 +111,11 @@ class Breaker:
 
     def succeeded(self) -> None:
         self.in_a_row = 0
+
+
+def captured(fn: Callable[..., T], *args) -> T | Exception:
+    """`fn(*args)`, or the exception it raised: lets a pool's map finish while one item fails."""
+    try:
+        return fn(*args)
+    except Exception as error:
+        return error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from datetime import UTC, datetime
 
 from pymongo.database import Database
@@ -13,7 +14,7 @@ from . import mongo
 from .aggregate import AggregatedReport
 from .dead_letters import record_dead_letter, resolve_dead_letters
 from .render import render_report
-from .retry import Breaker, call_with_retry
+from .retry import Breaker, call_with_retry, captured
 from .objectstore import Encryption, put_if_changed, sha256_hex
 
 PDF = "application/pdf"
@@ -144,11 +145,8 @@ class Renderer:
         self.close()
 
 
-def _try_render(report: AggregatedReport) -> tuple[bytes, int] | BaseException:
-    try:
-        return render_report(report)
-    except Exception as error:  # returned, not raised: one poison report must not fail the whole map
-        return error
+# Returned, not raised: one poison report must not fail the whole map (a partial pickles for the pool).
+_try_render = partial(captured, render_report)
 
 
 def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports: list[AggregatedReport],
@@ -167,7 +165,7 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports
 
     ready = [(r, res) for r, res in zip(reports, rendered) if not isinstance(res, BaseException)]
     with ThreadPoolExecutor(max(1, min(io_threads, len(ready)))) as pool:
-        stored = dict(zip((id(r) for r, _ in ready), pool.map(_outcome(store), ready)))
+        stored = dict(zip((id(r) for r, _ in ready), pool.map(partial(captured, store), ready)))
     for report, result in zip(reports, rendered):
         if isinstance(result, BaseException):
             stage, error = "render", result
@@ -190,13 +188,3 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports
         summary.issues += len(report.issues)
     return summary
 
-
-def _outcome(fn):
-    """Wrap `fn` so a thread pool returns its exception (or None) instead of raising it."""
-    def run(item):
-        try:
-            fn(item)
-            return None
-        except Exception as error:
-            return error
-    return run

@@ -53,19 +53,24 @@ def open_dead_letters(db: Database, *, week: str | None = None, letter_id: str |
     return list(db[mongo.DEAD_LETTERS].find(query).sort([("week", 1), ("subscription_id", 1), ("stage", 1)]))
 
 
+def _queue_letters(db: Database, letters, shard_count: int, reason: str) -> list[tuple[str, list[dict]]]:
+    """Queue one request per (week, shard, job) covering `letters`; returns (request id, its letters) pairs."""
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for letter in letters:
+        shard = shard_of(letter["subscription_id"], shard_count)
+        groups[(letter["week"], shard, JOB_FOR_STAGE[letter["stage"]])].append(letter)
+    return [
+        (queue_redrive(db, week=week, shard=shard, subscription_ids=[g["subscription_id"] for g in group],
+                       reason=reason, job=job), group)
+        for (week, shard, job), group in sorted(groups.items(), key=lambda item: item[0])
+    ]
+
+
 def redrive_dead_letters(db: Database, shard_count: int, *, week: str | None = None,
                          letter_id: str | None = None) -> tuple[int, list[str]]:
     """Queue one request per (week, shard, job) covering the open dead letters; returns (letters, request ids)."""
     letters = open_dead_letters(db, week=week, letter_id=letter_id)
-    groups: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    for letter in letters:
-        shard = shard_of(letter["subscription_id"], shard_count)
-        groups[(letter["week"], shard, JOB_FOR_STAGE[letter["stage"]])].add(letter["subscription_id"])
-    ids = [
-        queue_redrive(db, week=w, shard=s, subscription_ids=sorted(subs), reason="dead-letter redrive", job=job)
-        for (w, s, job), subs in sorted(groups.items())
-    ]
-    return len(letters), ids
+    return len(letters), [rid for rid, _ in _queue_letters(db, letters, shard_count, "dead-letter redrive")]
 
 
 def queue_transient_redrives(db: Database, shard_count: int, *, now: datetime, max_redrives: int,
@@ -75,24 +80,20 @@ def queue_transient_redrives(db: Database, shard_count: int, *, now: datetime, m
     Each letter is redriven at most `max_redrives` times, after `delay(redrives so far)` since it was
     last seen failing; past that it waits for an operator.
     """
-    letters = db[mongo.DEAD_LETTERS].find(
-        {"status": "open", "transient": True, "redrives": {"$not": {"$gte": max_redrives}}}).limit(limit)
-    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
-    for letter in letters:
+    due = []
+    for letter in db[mongo.DEAD_LETTERS].find(
+            {"status": "open", "transient": True, "redrives": {"$not": {"$gte": max_redrives}}}).limit(limit):
         last_seen = as_utc(letter["last_seen"])
         queued = letter.get("redrive_queued_at")
         if queued is not None and as_utc(queued) >= last_seen:
             continue  # already queued since it last failed
-        if now - last_seen < delay(letter.get("redrives", 0)):
-            continue
-        shard = shard_of(letter["subscription_id"], shard_count)
-        groups[(letter["week"], shard, JOB_FOR_STAGE[letter["stage"]])].append(letter)
+        if now - last_seen >= delay(letter.get("redrives", 0)):
+            due.append(letter)
     ids = []
-    for (week, shard, job), group in sorted(groups.items()):
-        ids.append(queue_redrive(db, week=week, shard=shard, subscription_ids=[g["subscription_id"] for g in group],
-                                 reason="automatic redrive of transient failures", job=job))
+    for request_id, group in _queue_letters(db, due, shard_count, "automatic redrive of transient failures"):
         db[mongo.DEAD_LETTERS].update_many({"_id": {"$in": [g["_id"] for g in group]}},
                                            {"$set": {"redrive_queued_at": now}, "$inc": {"redrives": 1}})
+        ids.append(request_id)
     return ids
 
 

@@ -46,6 +46,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def only_subscribers(subscription_ids: list[str]) -> dict:
+    """Run config restricting a report run to these subscribers of its shard (see FetchConfig)."""
+    return {"ops": {"fetched_records": {"config": {"subscription_ids": list(subscription_ids)}}}}
+
+
 def _partition_tags(partition: str) -> dict:
     week, shard = split_partition_key(partition)
     return {"report/week": week, "report/shard": shard}
@@ -119,8 +124,7 @@ def _queued_requests(context: SensorEvaluationContext, mongo: MongoResource, now
             job_name=weekly_reports_job.name if is_reports else report_delivery_job.name,
             partition_key=partition,
             run_key=run_key,
-            run_config={"ops": {"fetched_records": {"config": {"subscription_ids": queued["subscription_ids"]}}}}
-            if is_reports else {},
+            run_config=only_subscribers(queued["subscription_ids"]) if is_reports else {},
             tags={"report/week": queued["week"], "report/shard": queued["shard"], "report/redrive": "request"},
         ))
     return requests
@@ -166,7 +170,7 @@ def _first_report_requests(activated: dict[str, list[str]], now: datetime) -> li
             job_name=weekly_reports_job.name,
             partition_key=report_partition_key(week, shard),
             run_key=f"first-report:{week}:{shard}:{digest}",
-            run_config={"ops": {"fetched_records": {"config": {"subscription_ids": sorted(ids)}}}},
+            run_config=only_subscribers(sorted(ids)),
             tags={"report/week": week, "report/shard": shard, "report/first_report": "true"},
         ))
     return requests

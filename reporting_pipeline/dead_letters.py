@@ -8,6 +8,7 @@ Messages never carry health data: they name the problem and the item id, not its
 
 from __future__ import annotations
 
+import pickle
 import re
 import smtplib
 import traceback
@@ -19,7 +20,7 @@ from pymongo.errors import PyMongoError
 
 from . import mongo
 from .errors import Issue, ReportInputError
-from .retry import call_with_retry, is_transient
+from .retry import CarriedFailure, call_with_retry, is_transient
 
 STAGES = ("fetch", "aggregate", "render", "store", "deliver")
 
@@ -30,8 +31,8 @@ _ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
 
 def _describe(error: BaseException) -> tuple[str, str]:
     """(code, message) safe to keep: our own messages are written PHI-free; others are summarised."""
-    code = error.code if isinstance(error, ReportInputError) else type(error).__name__
-    if isinstance(error, ReportInputError):
+    code = error.code if isinstance(error, (ReportInputError, CarriedFailure)) else type(error).__name__
+    if isinstance(error, (ReportInputError, CarriedFailure)):
         message = str(error)
     elif isinstance(error, smtplib.SMTPRecipientsRefused):
         replies = sorted({str(reply[0]) for reply in error.recipients.values()})
@@ -52,6 +53,21 @@ def _describe(error: BaseException) -> tuple[str, str]:
     return code, _ADDRESS.sub("<address>", message)[:500]
 
 
+def carry(value):
+    """`value`, or for an exception that would not survive pickling, a CarriedFailure describing it.
+
+    Worker processes return their failures through pickle; this keeps what a dead letter needs.
+    """
+    if not isinstance(value, BaseException) or isinstance(value, ReportInputError):
+        return value
+    try:
+        pickle.loads(pickle.dumps(value))
+        return value
+    except Exception:
+        code, message = _describe(value)
+        return CarriedFailure(type(value).__name__, code, message, is_transient(value), getattr(value, "attempts", 1))
+
+
 def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: str, error: BaseException) -> None:
     """Record that `stage` failed for one subscriber and week."""
     if stage not in STAGES:
@@ -63,7 +79,7 @@ def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: 
         {"subscription_id": subscription_id, "week": week, "stage": stage},
         {
             "$set": {
-                "error_class": type(error).__name__,
+                "error_class": getattr(error, "error_class", type(error).__name__),
                 "code": code,
                 "message": message,
                 "transient": is_transient(error),

@@ -214,7 +214,7 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
-def _wait_http(url: str, child: Child, timeout: float) -> None:
+def wait_http(url: str, child: Child, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
@@ -387,7 +387,7 @@ def dev_main(args) -> int:
             s3 = Child("S3 (moto)", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(args.s3_port)],
                        env, logs / "s3.log")
             children.append(s3)
-            _wait_http(env["AWS_ENDPOINT_URL"], s3, 30)
+            wait_http(env["AWS_ENDPOINT_URL"], s3, 30)
             _prepare_bucket(env)
             _say(f"S3       {env['AWS_ENDPOINT_URL']}  bucket {env['REPORTS_BUCKET']}, default encryption "
                  f"{env.get('REPORTS_SSE', 'AES256')}  (moto, in memory; log {logs / 's3.log'})")

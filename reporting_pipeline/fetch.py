@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from itertools import batched
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,7 +19,7 @@ from pymongo.database import Database
 from . import mongo
 from .dead_letters import record_dead_letter
 from .errors import ChecksumMismatch, FileTooLarge, Issue, MalformedRecord, MissingObject, ReportInputError
-from .objectstore import is_not_found, sha256_hex
+from .objectstore import is_not_found, make_client, sha256_hex
 from .retry import Breaker, call_with_retry, captured
 from .sharding import shard_filter
 from .weeks import Week, as_utc
@@ -126,8 +126,29 @@ def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_si
     return db[mongo.SUBSCRIPTIONS].find(query).sort("_id", 1).batch_size(batch_size)
 
 
-def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscriptions: list[dict]) -> list[SubscriberWeek]:
-    """Load records (this and the previous week) and this week's files for a batch of subscriptions."""
+def download_files(s3, bucket: str, metas: list[dict]) -> list[FileItem | Exception]:
+    """Each file's bytes, or its error; on I/O threads (boto3 clients are thread-safe), each retried on its own."""
+    with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(metas)))) as pool:
+        return list(pool.map(lambda m: captured(call_with_retry, lambda: read_file(s3, bucket, m)), metas))
+
+
+_CLIENTS: dict[tuple, object] = {}
+
+
+def download_in_worker(endpoint_url: str | None, region: str | None, bucket: str, metas: list[dict]) -> list:
+    """`download_files` as a worker-pool chunk function, with one S3 client per worker process."""
+    if (endpoint_url, region) not in _CLIENTS:
+        _CLIENTS[(endpoint_url, region)] = make_client(endpoint_url, region)
+    return download_files(_CLIENTS[(endpoint_url, region)], bucket, metas)
+
+
+def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscriptions: list[dict],
+                download: Callable[[list[dict]], list] | None = None) -> list[SubscriberWeek]:
+    """Load records (this and the previous week) and this week's files for a batch of subscriptions.
+
+    `download` fetches file bytes elsewhere (a worker pool: boto3 costs CPU per request, and this
+    process's GIL is busy with the queries); by default they are fetched here, on threads.
+    """
     participants = sorted({s["participant_id"] for s in subscriptions})
     trial_ids = sorted({s["trial_id"] for s in subscriptions})
     trials = {t["_id"]: t for t in call_with_retry(lambda: list(db[mongo.TRIALS].find({"_id": {"$in": trial_ids}})))}
@@ -153,12 +174,8 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
     for meta in file_docs:
         file_metas[(meta.get("trial_id"), meta.get("participant_id"))].append(meta)
 
-    # File downloads are I/O: fetch the whole batch's files on threads (boto3 clients are thread-safe),
-    # each download retried on its own; results (or errors) are then handed out per subscriber below.
     wanted = [m for sub in subscriptions for m in file_metas.get((sub["trial_id"], sub["participant_id"]), [])]
-    with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(wanted)))) as pool:
-        downloaded = dict(zip((id(m) for m in wanted), pool.map(
-            lambda m: captured(call_with_retry, lambda: read_file(s3, bucket, m)), wanted)))
+    downloaded = dict(zip((id(m) for m in wanted), download(wanted) if download else download_files(s3, bucket, wanted)))
 
     bundles = []
     breaker = Breaker()
@@ -196,9 +213,20 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
 
 def iter_subscriber_batches(
     db: Database, s3, bucket: str, week: Week, shard_id: str, shard_count: int, batch_size: int,
-    only: list[str] | None = None,
+    only: list[str] | None = None, download: Callable[[list[dict]], list] | None = None,
 ) -> Iterator[list[SubscriberWeek]]:
-    """Stream a shard's subscribers, one fetched batch at a time."""
+    """Stream a shard's subscribers, one fetched batch at a time.
+
+    The next batch is already being fetched while this one is handed on, so its MongoDB queries
+    overlap this batch's downloads: two batches in flight at most, so memory stays bounded.
+    """
     cursor = active_subscriptions(db, shard_id, shard_count, batch_size, only)
-    for subscriptions in batched(cursor, batch_size):
-        yield fetch_batch(db, s3, bucket, week, shard_id, list(subscriptions))
+    fetching = deque()
+    with ThreadPoolExecutor(2, thread_name_prefix="fetch-ahead") as ahead:
+        # The cursor is read on this thread only: a pymongo cursor is not for sharing between threads.
+        for subscriptions in batched(cursor, batch_size):
+            fetching.append(ahead.submit(fetch_batch, db, s3, bucket, week, shard_id, list(subscriptions), download))
+            if len(fetching) == 2:
+                yield fetching.popleft().result()
+        while fetching:
+            yield fetching.popleft().result()

@@ -67,14 +67,16 @@ class Encryption:
         return args
 
 
-def put_if_changed(client, bucket: str, key: str, data: bytes, content_type: str, encryption: Encryption) -> bool:
+def put_if_changed(client, bucket: str, key: str, data: bytes, content_type: str, encryption: Encryption,
+                   look_first: bool = True) -> bool:
     """Write `data` under `key` unless the same bytes are already there; True if it wrote.
 
-    Skipping identical bytes keeps a rerun from creating a new object version.
+    Skipping identical bytes keeps a rerun from creating a new object version. `look_first=False`
+    skips the HEAD request for a key the caller has no record of: at worst the same bytes are written twice.
     """
     digest = sha256_hex(data)
     try:
-        head = client.head_object(Bucket=bucket, Key=key)
+        head = client.head_object(Bucket=bucket, Key=key) if look_first else {}
         if head.get("Metadata", {}).get("sha256") == digest and head.get("ContentLength") == len(data):
             return False
     except ClientError as error:

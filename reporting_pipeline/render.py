@@ -9,6 +9,7 @@ from xml.sax.saxutils import escape
 from reportlab.graphics.charts.lineplots import LinePlot
 from reportlab.graphics.shapes import Drawing, Line, String
 from reportlab.graphics.widgets.markers import makeMarker
+from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
@@ -28,6 +29,10 @@ from reportlab.platypus import (
 )
 
 from .aggregate import AggregatedReport, local_date
+
+# Attribute validation of chart shapes is a development aid that costs a sixth of the render time;
+# the tests render every layout, so a wrong attribute is caught there (reportlab documents the switch).
+rl_config.shapeChecking = 0
 
 # Vera ships inside reportlab, so every machine renders the same glyphs, and it covers far more
 # than the 8-bit standard fonts do.

@@ -29,8 +29,21 @@ _S3_TRANSIENT_CODES = {
 }
 
 
+class CarriedFailure(Exception):
+    """A failure from a worker process as plain data: many client errors (botocore's among them) do not pickle."""
+
+    def __init__(self, error_class: str, code: str, message: str, transient: bool, attempts: int = 1):
+        super().__init__(message)
+        self.error_class, self.code, self.transient, self.attempts = error_class, code, transient, attempts
+
+    def __reduce__(self):
+        return type(self), (self.error_class, self.code, str(self), self.transient, self.attempts)
+
+
 def is_transient(error: BaseException) -> bool:
     """True for failures that may pass on their own: network, throttling, 5xx from S3, 4xx from SMTP."""
+    if isinstance(error, CarriedFailure):
+        return error.transient
     if isinstance(error, (AutoReconnect, ConnectionFailure, NetworkTimeout)):  # NotPrimary is an AutoReconnect
         return True
     if isinstance(error, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):

@@ -52,9 +52,9 @@ def batch_size() -> int:
     return _int("REPORT_BATCH_SIZE", 50, 1, 10_000)
 
 
-def render_workers() -> int:
-    """Render processes per run (REPORT_RENDER_WORKERS, default: one per CPU core)."""
-    return _int("REPORT_RENDER_WORKERS", os.cpu_count() or 1, 1, 256)
+def worker_processes() -> int:
+    """Processes per step for aggregation and rendering (REPORT_WORKER_PROCESSES, default: one per CPU core)."""
+    return _int("REPORT_WORKER_PROCESSES", os.cpu_count() or 1, 1, 256)
 
 
 def retention_days() -> int:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from .dead_letters import record_dead_letter, resolve_dead_letters
 from .render import render_report
 from .retry import Breaker, call_with_retry, captured
 from .objectstore import Encryption, put_if_changed, sha256_hex
+from .workers import each
 
 PDF = "application/pdf"
 
@@ -75,10 +75,14 @@ def store_report(
     shard_id: str,
     pdf: bytes,
     pages: int,
+    registered: bool = True,
 ) -> dict:
-    """Upload one rendered report (encrypted), then upsert its `reports` record."""
+    """Upload one rendered report (encrypted), then upsert its `reports` record.
+
+    `registered=False` says no `reports` record exists yet, so the object is not looked for first.
+    """
     key = report_key(week_key, shard_id, subscription_id)
-    written = put_if_changed(s3, bucket, key, pdf, PDF, encryption)
+    written = put_if_changed(s3, bucket, key, pdf, PDF, encryption, look_first=registered)
     now = datetime.now(UTC)
     doc = {
         "subscription_id": subscription_id,
@@ -100,6 +104,10 @@ def store_report(
     return doc
 
 
+# (pdf, pages) or the exception, per report: the chunk function the render pool runs.
+render_many = each(render_report)
+
+
 @dataclass
 class PublishSummary:
     rendered: int = 0
@@ -114,54 +122,30 @@ class PublishSummary:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-class Renderer:
-    """Renders in a process pool sized to the CPU: reportlab is pure Python and holds the GIL.
-
-    One pool serves all batches of a step; `workers=1` renders in this process (tests, small shards).
-    """
-
-    def __init__(self, workers: int = 1):
-        self.workers = max(1, workers)
-        self._pool: ProcessPoolExecutor | None = None
-
-    def render(self, reports: list[AggregatedReport]) -> list[tuple[bytes, int] | BaseException]:
-        """One (pdf, pages) or the exception it raised, per report, in order."""
-        if self.workers == 1 or len(reports) < 2 * self.workers:
-            return [_try_render(r) for r in reports]  # a pool would cost more to start than it saves
-        if self._pool is None:
-            # spawn, not fork: the step process runs threads (pymongo monitors, boto3) a fork could copy mid-lock.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return list(self._pool.map(_try_render, reports, chunksize=max(1, len(reports) // (self.workers * 4))))
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-# Returned, not raised: one poison report must not fail the whole map (a partial pickles for the pool).
-_try_render = partial(captured, render_report)
-
-
 def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, reports: list[AggregatedReport],
-                  renderer: Renderer | None = None, io_threads: int = 8) -> PublishSummary:
-    """Render (process pool) and store (I/O threads) a batch; one failure is a dead letter, not a stopped batch."""
+                  rendered: list | None = None, io_threads: int = 8) -> PublishSummary:
+    """Store (I/O threads) a rendered batch; one failure is a dead letter, not a stopped batch.
+
+    `rendered` holds one (pdf, pages) or exception per report, from `WorkerPool.start(render_many, ...)`;
+    without it the batch is rendered here.
+    """
     summary = PublishSummary()
     breaker = Breaker()
-    rendered = (renderer or Renderer()).render(reports)
+    if rendered is None:
+        rendered = render_many(reports)
+
+    # A first run has nothing stored: one query spares a HEAD request per report.
+    registered = {(d["subscription_id"], d["week"]) for d in call_with_retry(lambda: list(db[mongo.REPORTS].find(
+        {"subscription_id": {"$in": [r.subscription_id for r in reports]},
+         "week": {"$in": sorted({r.week_key for r in reports})}}, {"subscription_id": 1, "week": 1})))}
 
     def store(item):
         report, result = item
         pdf, pages = result
         call_with_retry(lambda: store_report(
             db, s3, bucket, encryption, subscription_id=report.subscription_id, week_key=report.week_key,
-            shard_id=report.shard_id, pdf=pdf, pages=pages))
+            shard_id=report.shard_id, pdf=pdf, pages=pages,
+            registered=(report.subscription_id, report.week_key) in registered))
 
     ready = [(r, res) for r, res in zip(reports, rendered) if not isinstance(res, BaseException)]
     with ThreadPoolExecutor(max(1, min(io_threads, len(ready)))) as pool:

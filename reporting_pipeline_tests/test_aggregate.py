@@ -82,3 +82,33 @@ def test_bad_files_become_issues_and_the_report_is_still_built():
     assert [(i.code, i.ref) for i in report.issues] == [("text_not_utf8", "n1"), ("corrupt_image", "i1")]
     assert [e.text for e in report.excerpts] == ["good"]
     assert report.record_count == 4
+
+
+def test_batch_summaries_equal_one_subscriber_at_a_time():
+    from pandas.testing import assert_frame_equal
+
+    from reporting_pipeline.aggregate import summarize_many
+
+    shifted = [{**r, "value": r["value"] + 7, "record_id": r["record_id"] + "b"} for r in RECORDS]
+    lists = [RECORDS, [], shifted, RECORDS[:2], RECORDS[3:]]
+    for (summary, daily, adherence), records in zip(summarize_many(lists, WEEK), lists, strict=True):
+        one_summary, one_daily, one_adherence = summarize(records, WEEK)
+        assert adherence == one_adherence
+        assert_frame_equal(summary, one_summary, check_dtype=False, check_index_type=False)
+        assert_frame_equal(daily, one_daily, check_dtype=False, check_index_type=False)
+    assert summarize_many(lists, WEEK)[2][0].set_index("metric").loc["systolic_bp", "mean"] == 137.0
+
+
+def test_a_subscriber_that_breaks_the_batch_pass_fails_alone():
+    from reporting_pipeline.aggregate import aggregate_many
+
+    def bundle(n, records):
+        return SubscriberWeek(f"sub_{n}", "a@example.org", "T1", "Trial", f"P-{n}", "UTC", WEEK.key, "00",
+                              records=records)
+
+    poison = [{**RECORDS[2], "value": "not a number"}]  # what parse_record would refuse, got past it
+    results = aggregate_many([bundle(1, RECORDS), bundle(2, poison), bundle(3, RECORDS[:3])], "UTC")
+    assert isinstance(results[1], Exception)
+    assert [r.subscription_id for r in (results[0], results[2])] == ["sub_1", "sub_3"]
+    assert results[0].summary.set_index("metric").loc["systolic_bp", "count"] == 3
+    assert results[2].summary.set_index("metric").loc["systolic_bp", "count"] == 1

@@ -5,14 +5,16 @@ import os
 import time
 import uuid
 from datetime import timedelta
+from functools import partial
 
 from dagster import AssetExecutionContext, Backoff, Config, Jitter, MaterializeResult, RetryPolicy, asset
 
-from reporting_pipeline.aggregate import aggregate_batch
-from reporting_pipeline.fetch import iter_subscriber_batches
+from reporting_pipeline.aggregate import aggregate_many, record_aggregation
+from reporting_pipeline.fetch import download_in_worker, iter_subscriber_batches
 from reporting_pipeline.notify import deliver_shard
-from reporting_pipeline.store import PublishSummary, Renderer, publish_batch
+from reporting_pipeline.store import PublishSummary, publish_batch, render_many
 from reporting_pipeline.weeks import Week
+from reporting_pipeline.workers import WorkerPool, lookahead
 
 from .io_manager import BatchStream
 from .partitions import REPORT_SHARDS, REPORT_TIMEZONE, report_partitions_def, split_partition_key
@@ -51,30 +53,44 @@ def fetched_records(
     stats = {"subscribers": 0, "records": 0, "files": 0, "issues": 0}
 
     def batches():
-        for batch in iter_subscriber_batches(db, client, s3.bucket, week, shard_id, REPORT_SHARDS,
-                                             report_settings.batch_size, only=config.subscription_ids):
-            stats["subscribers"] += len(batch)
-            stats["records"] += sum(len(b.records) for b in batch)
-            stats["files"] += sum(len(b.files) for b in batch)
-            stats["issues"] += sum(len(b.issues) for b in batch)
-            context.log.info(f"fetched {stats['subscribers']} subscribers of week {week.key} shard {shard_id}")
-            yield batch
+        # File downloads run in worker processes: boto3 spends CPU on every request, and this
+        # process's GIL is busy with the MongoDB queries.
+        fetch_files = partial(download_in_worker, s3.endpoint_url, s3.region, s3.bucket)
+        with WorkerPool(report_settings.worker_processes) as pool:
+            pool.prepare(fetch_files)
+            for batch in iter_subscriber_batches(db, client, s3.bucket, week, shard_id, REPORT_SHARDS,
+                                                 report_settings.batch_size, only=config.subscription_ids,
+                                                 download=partial(pool.map, fetch_files)):
+                stats["subscribers"] += len(batch)
+                stats["records"] += sum(len(b.records) for b in batch)
+                stats["files"] += sum(len(b.files) for b in batch)
+                stats["issues"] += sum(len(b.issues) for b in batch)
+                context.log.info(f"fetched {stats['subscribers']} subscribers of week {week.key} shard {shard_id}")
+                yield batch
 
     return BatchStream(batches(), stats)
 
 
 @asset(partitions_def=report_partitions_def, group_name=GROUP, io_manager_key="batch_io_manager",
        retry_policy=STEP_RETRY)
-def aggregated_tables(context: AssetExecutionContext, fetched_records: BatchStream, mongo: MongoResource) -> BatchStream:
+def aggregated_tables(
+    context: AssetExecutionContext,
+    fetched_records: BatchStream,
+    mongo: MongoResource,
+    report_settings: ReportSettingsResource,
+) -> BatchStream:
     """Per-metric summary tables, daily means, adherence, excerpts and thumbnails per subscriber."""
     db = mongo.get_db()
     stats = {"subscribers": 0}
+    aggregate = partial(aggregate_many, week_timezone=REPORT_TIMEZONE)
 
     def batches():
-        for batch in fetched_records:
-            reports = aggregate_batch(db, batch, REPORT_TIMEZONE)
-            stats["subscribers"] += len(reports)
-            yield reports
+        with WorkerPool(report_settings.worker_processes) as pool:
+            pool.prepare(aggregate)
+            for batch, pending in lookahead(fetched_records, lambda b: pool.start(aggregate, b)):
+                reports = record_aggregation(db, batch, pending.results())
+                stats["subscribers"] += len(reports)
+                yield reports
 
     return BatchStream(batches(), stats)
 
@@ -91,9 +107,11 @@ def report_pdfs(
     db, client = mongo.get_db(), s3.get_client()
     started = time.monotonic()
     total = PublishSummary()
-    with Renderer(report_settings.render_workers) as renderer:
-        for batch in aggregated_tables:
-            total.add(publish_batch(db, client, s3.bucket, s3.encryption(), batch, renderer))
+    with WorkerPool(report_settings.worker_processes) as pool:
+        pool.prepare(render_many)
+        # The pool renders the next batch while this process uploads and registers the last one.
+        for batch, pending in lookahead(aggregated_tables, lambda b: pool.start(render_many, b)):
+            total.add(publish_batch(db, client, s3.bucket, s3.encryption(), batch, pending.results()))
             context.log.info(f"rendered {total.rendered} reports, {total.failed} failed")
     return MaterializeResult(metadata={**vars(total), "seconds": round(time.monotonic() - started, 3)})
 

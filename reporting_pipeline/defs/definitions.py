@@ -64,7 +64,7 @@ def build_resources() -> dict:
             link_ttl_hours=settings.link_ttl_hours(),
             batch_size=settings.batch_size(),
             retention_days=settings.retention_days(),
-            render_workers=settings.render_workers(),
+            worker_processes=settings.worker_processes(),
             delivery_lease_seconds=settings.delivery_lease_seconds(),
             unsubscribe_url=os.environ.get("REPORT_UNSUBSCRIBE_URL", "http://localhost:8080/v1/unsubscribe"),
         ),

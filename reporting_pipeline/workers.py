@@ -1,0 +1,103 @@
+"""A process pool for the CPU-bound per-subscriber work (pandas aggregation, Pillow, reportlab).
+
+These libraries hold the GIL for most of their work, so threads would not use a second core. The pool
+runs chunk functions: a list of items in, one result per item out, an exception standing in for the
+result of an item that failed, so one poison subscriber never fails a batch (`each` makes one from a
+per-item function). `start` returns at once: a step hands the pool its next batch while it stores the last.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
+
+from .dead_letters import carry
+from .retry import captured
+
+
+def _each(fn: Callable, items: Sequence) -> list:
+    return [captured(fn, item) for item in items]
+
+
+def _carried(fn: Callable, items: Sequence) -> list:
+    """Runs in the worker: `fn`'s results, each able to cross back through pickle."""
+    return [carry(result) for result in fn(items)]
+
+
+def each(fn: Callable) -> Callable[[Sequence], list]:
+    """A chunk function applying the per-item `fn` to each item (picklable when `fn` is)."""
+    return partial(_each, fn)
+
+
+class Pending:
+    """The results of one `WorkerPool.start`, in item order; `results()` waits for them."""
+
+    def __init__(self, fn: Callable, items: Sequence, futures: list[Future] | None = None):
+        self._fn, self._items, self._futures = fn, items, futures
+
+    def results(self) -> list:
+        if self._futures is None:
+            return self._fn(self._items)  # no pool: computed here, when asked for
+        return [result for future in self._futures for result in future.result()]
+
+
+class WorkerPool:
+    """`workers` spawned processes, started on first use and shared by all batches of a step.
+
+    `workers=1`, or a batch too small to be worth shipping, runs in this process.
+    """
+
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def prepare(self, fn: Callable[[Sequence], list]) -> None:
+        """Start the workers now and have each import what `fn` needs, while the step reads its first batch."""
+        if self.workers > 1:
+            for _ in range(self.workers):
+                self._executor().submit(fn, [])
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the step process runs threads (pymongo monitors, boto3) a fork could copy mid-lock.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def start(self, fn: Callable[[Sequence], list], items: Sequence) -> Pending:
+        """Begin the chunk function `fn` on `items`; `fn` must be picklable (a module function or a partial of one)."""
+        if self.workers == 1 or len(items) < 2 * self.workers:
+            return Pending(fn, items)
+        # Two chunks per worker: enough to even out the workers, few enough for a vectorized `fn` to pay off.
+        size = max(1, -(-len(items) // (self.workers * 2)))
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        return Pending(fn, items, [self._executor().submit(_carried, fn, chunk) for chunk in chunks])
+
+    def map(self, fn: Callable[[Sequence], list], items: Sequence) -> list:
+        """`start(fn, items).results()`."""
+        return self.start(fn, items).results()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def lookahead(batches, begin: Callable):
+    """Yield `(batch, begin(batch))`, having already begun the next batch: the pool works while the caller stores."""
+    previous = None
+    for batch in batches:
+        started = (batch, begin(batch))
+        if previous is not None:
+            yield previous
+        previous = started
+    if previous is not None:
+        yield previous
+

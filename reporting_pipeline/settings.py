@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # SigV4 pre-signed URLs are valid for at most seven days.
@@ -52,9 +54,24 @@ def batch_size() -> int:
     return _int("REPORT_BATCH_SIZE", 50, 1, 10_000)
 
 
+def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a Kubernetes CPU limit).
+
+    os.cpu_count() counts the node's cores; a pod limited to 2 CPUs on a 64-core node must not start 64 workers.
+    """
+    cpus = os.process_cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 file (macOS, cgroup v1): affinity alone
+    return cpus
+
+
 def worker_processes() -> int:
-    """Processes per step for aggregation and rendering (REPORT_WORKER_PROCESSES, default: one per CPU core)."""
-    return _int("REPORT_WORKER_PROCESSES", os.cpu_count() or 1, 1, 256)
+    """Worker processes per step for downloads, aggregation and rendering (REPORT_WORKER_PROCESSES, default: the CPUs available)."""
+    return _int("REPORT_WORKER_PROCESSES", available_cpus(), 1, 256)
 
 
 def retention_days() -> int:

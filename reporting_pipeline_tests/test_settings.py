@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from reporting_pipeline import settings
@@ -19,3 +21,17 @@ def test_bad_values_are_refused_with_a_clear_message(monkeypatch, name, value, m
     monkeypatch.setenv(name, value)
     with pytest.raises(settings.SettingsError, match=message):
         settings.PipelineSettings.from_env()
+
+
+def test_worker_processes_follow_a_kubernetes_cpu_limit_not_the_node(tmp_path, monkeypatch):
+    from reporting_pipeline.settings import available_cpus, worker_processes
+
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 64)
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")  # limits.cpu: 1500m
+    assert available_cpus(str(limit)) == 2
+    limit.write_text("max 100000\n")  # no limit
+    assert available_cpus(str(limit)) == 64
+    assert available_cpus(str(tmp_path / "absent")) == 64
+    monkeypatch.setenv("REPORT_WORKER_PROCESSES", "3")
+    assert worker_processes() == 3

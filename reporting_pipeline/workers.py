@@ -9,6 +9,9 @@ per-item function). `start` returns at once: a step hands the pool its next batc
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
@@ -19,6 +22,20 @@ from .retry import captured
 
 def _each(fn: Callable, items: Sequence) -> list:
     return [captured(fn, item) for item in items]
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: exit once the step process is gone.
+
+    A killed step process (SIGKILL, OOM) leaves its workers blocked on a queue they hold both ends
+    of, so they would never see end-of-file; in a pod they die with it, elsewhere they would linger.
+    """
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _carried(fn: Callable, items: Sequence) -> list:
@@ -62,7 +79,8 @@ class WorkerPool:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the step process runs threads (pymongo monitors, boto3) a fork could copy mid-lock.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     def start(self, fn: Callable[[Sequence], list], items: Sequence) -> Pending:

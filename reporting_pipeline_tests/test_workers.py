@@ -1,0 +1,78 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from reporting_pipeline.dead_letters import record_dead_letter
+from reporting_pipeline.mongo import connect
+from reporting_pipeline.workers import WorkerPool, each
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pids(items):
+    time.sleep(0.3)  # long enough that both workers get chunks
+    return [os.getpid() for _ in items]
+
+
+class Unpicklable(Exception):
+    def __init__(self, message, *, detail):  # keyword-only: pickle cannot rebuild it from its args
+        super().__init__(message)
+        self.detail = detail
+
+
+def failing(item):
+    if item == 3:
+        raise ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+    if item == 5:
+        raise Unpicklable("participant P-1 weighs 80 kg", detail=item)
+    return item * 10
+
+
+def test_results_come_back_in_order_with_failures_in_place_even_those_that_do_not_pickle():
+    with WorkerPool(2) as pool:
+        assert len(set(pool.map(pids, list(range(8))))) == 2  # two processes, neither of them this one
+        results = pool.map(each(failing), list(range(8)))
+    assert [r for i, r in enumerate(results) if i not in (3, 5)] == [0, 10, 20, 40, 60, 70]
+    assert isinstance(results[3], ClientError)
+    # An exception pickle cannot rebuild comes back as what a dead letter needs, without its text.
+    carried = results[5]
+    assert (type(carried).__name__, carried.error_class, carried.transient) == ("CarriedFailure", "Unpicklable", False)
+    assert "P-1" not in str(carried) and "test_workers.py" in str(carried)
+    db = connect("mongomock://test-workers")["reporting"]
+    for sub, error in (("sub_3", results[3]), ("sub_5", carried)):
+        record_dead_letter(db, subscription_id=sub, week="2026-11-16", stage="fetch", error=error)
+    letters = {d["subscription_id"]: (d["error_class"], d["transient"]) for d in db.dead_letters.find()}
+    assert letters == {"sub_3": ("ClientError", True), "sub_5": ("Unpicklable", False)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_workers_exit_when_their_step_process_is_killed():
+    script = (
+        "import time\n"
+        "from reporting_pipeline.workers import WorkerPool\n"
+        "from reporting_pipeline_tests.test_workers import pids\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(2)\n"
+        "    print(*sorted(set(pool.map(pids, list(range(8))))), flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    step = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in step.stdout.readline().split()]
+    assert len(workers) == 2 and all(_state(p) not in ("gone", "Z") for p in workers)
+    step.send_signal(signal.SIGKILL)
+    step.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_state(p) not in ("gone", "Z") for p in workers):
+        time.sleep(0.2)
+    assert [_state(p) for p in workers if _state(p) not in ("gone", "Z")] == []

@@ -72,6 +72,6 @@ class ReportSettingsResource(ConfigurableResource):
     link_ttl_hours: int = 72
     batch_size: int = 50
     retention_days: int = 90
-    worker_processes: int = 1  # aggregation and rendering processes per step
+    worker_processes: int = 1  # per step: downloads, aggregation, rendering
     delivery_lease_seconds: int = 900
     unsubscribe_url: str = "http://localhost:8080/v1/unsubscribe"  # base of one-click links (the API)

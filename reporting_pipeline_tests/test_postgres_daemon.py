@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from reporting_pipeline import mongo
 from reporting_pipeline.embedded import patched_env
@@ -193,6 +193,14 @@ def test_daemon_on_postgres_queues_runs_within_limits_and_delivers_one_email_eac
                 for pid in left:
                     os.kill(pid, signal.SIGKILL)  # carries this test's marker: ours to end
 
+            # Orchestration overhead per run: from the daemon launching it to its first subscriber fetched.
+            overheads = []
+            for run in observer.of("weekly_reports_job"):
+                events = instance.all_logs(run.run_id)
+                launched = min(e.timestamp for e in events
+                               if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_STARTING)
+                fetched = min((e.timestamp for e in events if e.user_message.startswith("fetched ")), default=None)
+                overheads.append(round(fetched - launched, 1) if fetched else None)
             statuses = Counter((r.job_name, r.status.value) for r in observer.runs)
             recipients = Counter(m["To"] for m in pipeline.outbox.messages)
             print(f"\ndaemon on PostgreSQL: {SUBSCRIBERS} subscribers, {SHARDS} shards; runs {dict(statuses)}; "
@@ -200,7 +208,8 @@ def test_daemon_on_postgres_queues_runs_within_limits_and_delivers_one_email_eac
                   f"{observer.max_active_per_week} per week; limit {MAX_CONCURRENT_RUNS}); queued after "
                   f"{queued_at:.1f} s, reports done after {reports_done_at or float('nan'):.1f} s, "
                   f"{len(pipeline.outbox.messages)} emails after {finished_at:.1f} s; daemon stopped in "
-                  f"{stopped_in:.1f} s with exit code {exit_code}, {len(left)} process(es) left behind")
+                  f"{stopped_in:.1f} s with exit code {exit_code}, {len(left)} process(es) left behind; "
+                  f"launch to first subscriber per run: {sorted(overheads, key=lambda o: o or 0)} s")
 
             daemon_log = (tmp_path / "daemon.log").read_text()
             assert statuses == {("weekly_reports_job", "SUCCESS"): SHARDS, ("report_delivery_job", "SUCCESS"): SHARDS}, \

@@ -3,9 +3,10 @@
     python benchmarks/run.py [--quick] [--sizes 1000 10000]
 
 Prints a table and writes benchmarks/results.json. Each scale point runs in a fresh process so its
-peak RSS is its own. MongoDB is mongomock inside that process, so the process also holds the seeded
-database; the run's own memory is reported as peak minus the post-seed baseline (VmHWM is reset
-after seeding through /proc/self/clear_refs).
+peak RSS is its own. S3 (moto) and SMTP (the .eml sink) run in processes of their own, as they are
+remote in production. MongoDB is mongomock inside the run's process, so that process also holds the
+database: the run's own memory is reported as its peak minus the post-seed baseline (VmHWM is reset
+after seeding through /proc/self/clear_refs), the worker processes' peak is sampled from /proc.
 """
 
 from __future__ import annotations
@@ -321,6 +322,8 @@ def main() -> None:
         print(f"{'scale ' + str(p['subscribers']) + ' wall (s)':34} {p['wall_seconds']:>14}")
         print(f"{'scale ' + str(p['subscribers']) + ' reports/s':34} {p['reports_per_s']:>14}")
         print(f"{'scale ' + str(p['subscribers']) + ' run RSS (MiB)':34} {p['run_rss_mib']:>14}")
+        print(f"{'scale ' + str(p['subscribers']) + ' worker peak RSS (MiB)':34} {p['worker_peak_rss_mib']:>14}")
+        print(f"{'scale ' + str(p['subscribers']) + ' run CPU (ms/report)':34} {p['run_cpu_ms_per_report']:>14}")
         print(f"{'scale ' + str(p['subscribers']) + ' launch->1st subscriber (s)':34} {p['launch_to_first_subscriber_s']:>14}")
     if "rss_ratio_large_to_small" in results:
         print(f"{'run RSS ratio largest/smallest':34} {results['rss_ratio_large_to_small']:>14}")

@@ -1,4 +1,5 @@
-"""A process pool for the CPU-bound per-subscriber work (pandas aggregation, Pillow, reportlab).
+"""A process pool for the per-subscriber work that keeps a CPU busy: file downloads (boto3 spends CPU on
+every request), aggregation (pandas, Pillow) and rendering (reportlab).
 
 These libraries hold the GIL for most of their work, so threads would not use a second core. The pool
 runs chunk functions: a list of items in, one result per item out, an exception standing in for the

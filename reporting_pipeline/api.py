@@ -6,7 +6,6 @@ Every refusal is a JSON error with a stable code; nothing is written before all 
 
 
 import html
-import os
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import subscribe as subs
+from .settings import Settings, SettingsError
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -32,17 +32,12 @@ class JwtSettings:
     audience: str
 
     @classmethod
-    def from_env(cls) -> "JwtSettings":
-        public_key = os.environ.get("JWT_PUBLIC_KEY")
-        secret = os.environ.get("JWT_SECRET")
+    def from_settings(cls, settings: Settings) -> "JwtSettings":
+        public_key, secret = settings.jwt_public_key, settings.jwt_secret
         if not (public_key or secret):
-            raise RuntimeError("set JWT_PUBLIC_KEY (RS256, PEM) or JWT_SECRET (HS256)")
-        return cls(
-            key=public_key or secret,
-            algorithm="RS256" if public_key else "HS256",
-            issuer=os.environ.get("JWT_ISSUER", "https://auth.example.org/"),
-            audience=os.environ.get("JWT_AUDIENCE", "trial-reports"),
-        )
+            raise SettingsError("JWT_PUBLIC_KEY (RS256, PEM) or JWT_SECRET (HS256) must be set")
+        return cls(key=public_key or secret, algorithm="RS256" if public_key else "HS256",
+                   issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
 
 class ApiError(Exception):
@@ -188,10 +183,11 @@ def create_app(get_db, jwt_settings: JwtSettings) -> FastAPI:
     return app
 
 
-def build_app() -> FastAPI:
-    """The app configured from the environment (MONGODB_URI, MONGODB_DATABASE, JWT_*)."""
+def build_app(settings: Settings) -> FastAPI:
+    """The app of a deployment (MONGODB_URI, MONGODB_DATABASE, JWT_*)."""
     from . import mongo
 
-    db = mongo.connect(os.environ["MONGODB_URI"])[os.environ.get("MONGODB_DATABASE", "reporting")]
+    jwt_settings = JwtSettings.from_settings(settings)
+    db = mongo.connect(settings.mongodb_uri)[settings.mongodb_database]
     mongo.ensure_indexes(db)
-    return create_app(lambda: db, JwtSettings.from_env())
+    return create_app(lambda: db, jwt_settings)

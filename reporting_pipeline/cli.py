@@ -12,41 +12,31 @@ from .outbox import add_outbox_arguments, outbox_main
 
 
 def _seed(args) -> int:
-    from . import settings
     from .objectstore import ensure_bucket
     from .seed import seed
 
-    db = _database()
-    if db is None:
-        return 2
-    s3, bucket, encryption = _storage()
-    if os.environ.get("AWS_ENDPOINT_URL"):
+    db = _database(args.settings)
+    s3, bucket, encryption = _storage(args.settings)
+    if args.settings.aws_endpoint_url:
         ensure_bucket(s3, bucket)
     result = seed(db, s3, bucket, encryption,
-                  subscribers=args.subscribers, weeks=args.weeks, timezone=settings.report_timezone(),
+                  subscribers=args.subscribers, weeks=args.weeks, timezone=args.settings.timezone,
                   rng_seed=args.seed, progress=lambda n, total: print(f"seeded {n}/{total}"))
     print(f"seeded {len(result.subscription_ids)} subscriptions, {result.records} records, {result.files} files "
           f"for weeks {', '.join(result.weeks)}")
     return 0
 
 
-def _database():
+def _database(settings):
     from . import mongo
 
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        print("MONGODB_URI is not set", file=sys.stderr)
-        return None
-    return mongo.connect(uri)[os.environ.get("MONGODB_DATABASE", "reporting")]
+    return mongo.connect(settings.mongodb_uri)[settings.mongodb_database]
 
 
 def _dead_letters(args) -> int:
-    from . import settings
     from .redrive import open_dead_letters, redrive_dead_letters, resolve_dead_letter
 
-    db = _database()
-    if db is None:
-        return 2
+    db = _database(args.settings)
     if args.action == "list":
         letters = open_dead_letters(db, week=args.week, status=None if args.status == "all" else args.status)
         print(f"{'id':26} {'week':10} {'subscription':24} {'stage':9} {'code':22} {'tries':>5} {'status':8} last seen")
@@ -56,7 +46,7 @@ def _dead_letters(args) -> int:
         print(f"{len(letters)} dead letter(s)")
         return 0
     if args.action == "redrive":
-        count, requests = redrive_dead_letters(db, settings.shard_count(), week=args.week, letter_id=args.id)
+        count, requests = redrive_dead_letters(db, args.settings.shards, week=args.week, letter_id=args.id)
         print(f"queued {len(requests)} redrive request(s) for {count} open dead letter(s); "
               "the redrive sensor launches the runs")
         return 0 if count or not args.id else 1
@@ -67,27 +57,24 @@ def _dead_letters(args) -> int:
     return 1
 
 
-def _storage():
+def _storage(settings):
     from .objectstore import Encryption, make_client
 
-    s3 = make_client(os.environ.get("AWS_ENDPOINT_URL"))
-    encryption = Encryption(os.environ.get("REPORTS_SSE", "AES256"), os.environ.get("REPORTS_KMS_KEY_ID"))
-    return s3, os.environ.get("REPORTS_BUCKET", "clinical-reports"), encryption
+    s3 = make_client(settings.aws_endpoint_url, settings.aws_region)
+    return s3, settings.reports_bucket, Encryption(settings.reports_sse, settings.reports_kms_key_id)
 
 
 def _reconcile(args) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from . import settings
     from .reconcile import reconcile
 
-    db = _database()
-    if db is None:
-        return 2
-    s3, bucket, encryption = _storage()
-    report = reconcile(db, s3, bucket, now=datetime.now(UTC), grace=timedelta(hours=args.grace_hours),
+    db = _database(args.settings)
+    s3, bucket, encryption = _storage(args.settings)
+    grace = args.grace_hours if args.grace_hours is not None else args.settings.orphan_grace_hours
+    report = reconcile(db, s3, bucket, now=datetime.now(UTC), grace=timedelta(hours=grace),
                        repair=args.repair, page_size=args.page_size, encryption=encryption,
-                       retention=timedelta(days=settings.retention_days()))
+                       retention=timedelta(days=args.settings.retention_days))
     for name, value in report.as_metadata().items():
         print(f"{name:24} {value}")
     for kind, keys in report.samples.items():
@@ -99,20 +86,16 @@ def _reconcile(args) -> int:
 def _retention(args) -> int:
     from datetime import UTC, datetime
 
-    from .retain import INTERMEDIATE_PREFIX, apply_lifecycle, retention_days, sweep
+    from .retain import apply_lifecycle, sweep
 
-    s3, bucket, _ = _storage()
-    days = retention_days()
-    prefix = (os.environ.get("IO_MANAGER_S3_PREFIX") or INTERMEDIATE_PREFIX).strip("/") + "/"
+    s3, bucket, _ = _storage(args.settings)
+    days = args.settings.retention_days
     if args.action == "apply-lifecycle":
-        changed = apply_lifecycle(s3, bucket, days, intermediate_prefix=prefix)
+        changed = apply_lifecycle(s3, bucket, days)
         print(f"lifecycle of {bucket}: reports expire after {days} days "
               f"({'updated' if changed else 'already in place'})")
         return 0
-    db = _database()
-    if db is None:
-        return 2
-    result = sweep(db, s3, bucket, now=datetime.now(UTC), days=days, intermediate_prefix=prefix)
+    result = sweep(_database(args.settings), s3, bucket, now=datetime.now(UTC), days=days)
     print(" ".join(f"{k}={v}" for k, v in result.as_metadata().items()))
     return 0
 
@@ -120,9 +103,7 @@ def _retention(args) -> int:
 def _subscriptions(args) -> int:
     from . import subscribe as subs
 
-    db = _database()
-    if db is None:
-        return 2
+    db = _database(args.settings)
     try:
         if args.action == "add":
             doc, created = subs.subscribe(db, args.trial, args.participant, timezone=args.timezone)
@@ -147,9 +128,12 @@ def _api(args) -> int:
 
     from .api import build_app
 
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="info",
+    uvicorn.run(build_app(args.settings), host=args.host, port=args.port, log_level="info",
                 access_log=False)  # access logs would record one-click unsubscribe tokens
     return 0
+
+
+REPORT_JOBS = ("weekly_reports_job", "report_delivery_job")
 
 
 def _dagster_figures(week: str, shard_count: int) -> tuple[dict, int | None, int | None]:
@@ -169,25 +153,25 @@ def _dagster_figures(week: str, shard_count: int) -> tuple[dict, int | None, int
                                                 tags={"dagster/partition": f"{shard}|{week}"}), limit=1)
             states[shard] = runs[0].status.value.lower() if runs else "not run"
         queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
-        failed = instance.get_runs_count(RunsFilter(
-            statuses=[DagsterRunStatus.FAILURE], updated_after=datetime.now(UTC) - timedelta(days=1)))
+        # Failed runs of the report jobs only: a failed maintenance run is not a missing report.
+        failed = sum(instance.get_runs_count(RunsFilter(
+            job_name=job, statuses=[DagsterRunStatus.FAILURE], updated_after=datetime.now(UTC) - timedelta(days=1)))
+            for job in REPORT_JOBS)
     return states, queued, failed
 
 
 def _status(args) -> int:
-    from . import settings
+    from datetime import UTC, datetime
+
     from .observe import delivery_latencies, prometheus_text, week_status
     from .weeks import Week, last_complete_week
 
-    db = _database()
-    if db is None:
-        return 2
-    from datetime import UTC, datetime
-
-    week = args.week or last_complete_week(datetime.now(UTC), settings.report_timezone()).key
-    Week.from_key(week, settings.report_timezone())
-    rows = week_status(db, week, settings.shard_count())
-    states, queued, failed = _dagster_figures(week, settings.shard_count())
+    settings = args.settings
+    db = _database(settings)
+    week = args.week or last_complete_week(datetime.now(UTC), settings.timezone).key
+    Week.from_key(week, settings.timezone)
+    rows = week_status(db, week, settings.shards)
+    states, queued, failed = _dagster_figures(week, settings.shards)
     for row in rows:
         row.partition = states.get(row.shard, "unknown")
     if args.prometheus:
@@ -232,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_dead_letters)
     p = sub.add_parser("reconcile", help="compare S3 objects with MongoDB metadata (exit 1 if drift is left)")
     p.add_argument("--repair", action="store_true", help="re-register or delete orphans, queue re-renders")
-    p.add_argument("--grace-hours", type=float, default=24.0)
+    p.add_argument("--grace-hours", type=float, help="default: REPORT_ORPHAN_GRACE_HOURS (24)")
     p.add_argument("--page-size", type=int, default=1000)
     p.set_defaults(func=_reconcile)
     p = sub.add_parser("retention", help="S3 lifecycle rule and the sweeper for stores without one")
@@ -272,6 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "subscribers", 1) < 1:
         parser.error("--subscribers must be at least 1")
+    if args.func not in (dev_main, outbox_main, _demo):  # these set up their own environment
+        from .settings import Settings, SettingsError
+
+        try:
+            args.settings = Settings.from_env()
+        except SettingsError as error:
+            print(f"reporting-pipeline: {error}", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

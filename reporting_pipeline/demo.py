@@ -15,10 +15,11 @@ from urllib.parse import unquote, urlparse
 
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context
 
-from . import mongo, settings
+from . import mongo
 from .embedded import embedded_services
 from .objectstore import Encryption, make_client, sha256_hex
 from .seed import seed
+from .settings import Settings
 
 LINK_RE = re.compile(r"https?://\S+")
 
@@ -111,7 +112,7 @@ def run_demo(subscribers: int, out: Path, now: datetime | None = None, progress=
         progress(f"seeding {subscribers} subscribers (MongoDB: mongomock, S3: {env['AWS_ENDPOINT_URL']}, "
                  f"SMTP: 127.0.0.1:{env['SMTP_PORT']})")
         seeded = seed(db, s3, env["REPORTS_BUCKET"], Encryption(), subscribers=subscribers,
-                      timezone=settings.report_timezone(), now=now)
+                      timezone=Settings.from_env().timezone, now=now)
         defs = build_definitions()
         instance = DagsterInstance.ephemeral()
         cycle, _ = run_weekly_cycle(defs, instance, now, progress)

@@ -310,7 +310,6 @@ def _environment(args, home: Path, ui_url: str, embedded_mongo: bool, embedded_s
     """Our environment, pointed at the stand-ins and the local instance; every child gets it."""
     env = dict(os.environ, DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1")
     env.setdefault("REPORTS_BUCKET", "clinical-reports")
-    env.setdefault("IO_MANAGER_BASE_DIR", str(home / "reporting-io"))
     env.setdefault("DAGSTER_UI_URL", ui_url)
     env.setdefault("EMAIL_FROM", "reports@trial-reports.example.org")
     if embedded_mongo:

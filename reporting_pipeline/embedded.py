@@ -117,7 +117,6 @@ def embedded_services(workdir: Path, outbox_folder: Path | None = None, bucket: 
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(smtp.port),
             "EMAIL_FROM": "reports@trial-reports.example.org",
-            "IO_MANAGER_BASE_DIR": str(workdir / "io"),
         }
         with patched_env(env):
             ensure_bucket(make_client(s3.endpoint_url), bucket)

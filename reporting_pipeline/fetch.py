@@ -1,6 +1,8 @@
 """Fetch stage: stream one shard's subscribers from MongoDB in batches, with their week's records and files.
 
-Memory is bounded by the batch size, never by the number of subscribers in the shard.
+Two halves, so each runs where it is cheapest: `iter_subscriber_batches` queries MongoDB in the run's
+process (records and file metadata), `load_files` downloads the file bytes in a worker process, next to
+the aggregation and rendering that use them. Memory is bounded by the batch size, never by the shard.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from itertools import batched
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,10 +19,9 @@ from botocore.exceptions import ClientError
 from pymongo.database import Database
 
 from . import mongo
-from .dead_letters import record_dead_letter
 from .errors import ChecksumMismatch, FileTooLarge, Issue, MalformedRecord, MissingObject, ReportInputError
-from .objectstore import is_not_found, make_client, sha256_hex
-from .retry import Breaker, call_with_retry, captured
+from .objectstore import is_not_found, sha256_hex
+from .retry import call_with_retry, captured
 from .sharding import shard_filter
 from .weeks import Week, as_utc
 
@@ -53,6 +54,7 @@ class SubscriberWeek:
     week_key: str
     shard_id: str
     records: list[dict] = field(default_factory=list)
+    file_metas: list[dict] = field(default_factory=list)  # what `load_files` downloads into `files`
     files: list[FileItem] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
 
@@ -128,27 +130,36 @@ def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_si
 
 def download_files(s3, bucket: str, metas: list[dict]) -> list[FileItem | Exception]:
     """Each file's bytes, or its error; on I/O threads (boto3 clients are thread-safe), each retried on its own."""
+    if not metas:
+        return []
     with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(metas)))) as pool:
         return list(pool.map(lambda m: captured(call_with_retry, lambda: read_file(s3, bucket, m)), metas))
 
 
-_CLIENTS: dict[tuple, object] = {}
+def load_files(s3, bucket: str, bundles: list[SubscriberWeek]) -> list[SubscriberWeek | Exception]:
+    """Download every bundle's files (one thread pool for the whole batch).
 
-
-def download_in_worker(endpoint_url: str | None, region: str | None, bucket: str, metas: list[dict]) -> list:
-    """`download_files` as a worker-pool chunk function, with one S3 client per worker process."""
-    if (endpoint_url, region) not in _CLIENTS:
-        _CLIENTS[(endpoint_url, region)] = make_client(endpoint_url, region)
-    return download_files(_CLIENTS[(endpoint_url, region)], bucket, metas)
-
-
-def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscriptions: list[dict],
-                download: Callable[[list[dict]], list] | None = None) -> list[SubscriberWeek]:
-    """Load records (this and the previous week) and this week's files for a batch of subscriptions.
-
-    `download` fetches file bytes elsewhere (a worker pool: boto3 costs CPU per request, and this
-    process's GIL is busy with the queries); by default they are fetched here, on threads.
+    A file the data makes unusable (missing, too large, changed) becomes an issue of its bundle; any
+    other failure (S3 still failing after its retries) fails that subscriber's fetch, not the batch.
     """
+    downloaded = iter(download_files(s3, bucket, [m for b in bundles for m in b.file_metas]))
+    out = []
+    for bundle in bundles:
+        results = [next(downloaded) for _ in bundle.file_metas]
+        failure = next((r for r in results if isinstance(r, BaseException) and not isinstance(r, ReportInputError)),
+                       None)
+        if failure is not None:
+            out.append(failure)
+            continue
+        bundle.files = [r for r in results if isinstance(r, FileItem)]
+        bundle.issues += [Issue.from_error("fetch", r) for r in results if isinstance(r, ReportInputError)]
+        bundle.file_metas = []
+        out.append(bundle)
+    return out
+
+
+def fetch_batch(db: Database, week: Week, shard_id: str, subscriptions: list[dict]) -> list[SubscriberWeek]:
+    """Load records (this and the previous week) and this week's file metadata for a batch of subscriptions."""
     participants = sorted({s["participant_id"] for s in subscriptions})
     trial_ids = sorted({s["trial_id"] for s in subscriptions})
     trials = {t["_id"]: t for t in call_with_retry(lambda: list(db[mongo.TRIALS].find({"_id": {"$in": trial_ids}})))}
@@ -174,14 +185,8 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
     for meta in file_docs:
         file_metas[(meta.get("trial_id"), meta.get("participant_id"))].append(meta)
 
-    wanted = [m for sub in subscriptions for m in file_metas.get((sub["trial_id"], sub["participant_id"]), [])]
-    downloaded = dict(zip((id(m) for m in wanted), download(wanted) if download else download_files(s3, bucket, wanted)))
-
-    bundles = []
-    breaker = Breaker()
-    for sub in subscriptions:
-        owner = (sub["trial_id"], sub["participant_id"])
-        bundle = SubscriberWeek(
+    return [
+        SubscriberWeek(
             subscription_id=str(sub["_id"]),
             email=sub.get("email", ""),
             trial_id=sub["trial_id"],
@@ -190,42 +195,28 @@ def fetch_batch(db: Database, s3, bucket: str, week: Week, shard_id: str, subscr
             timezone=sub.get("timezone") or week.timezone,
             week_key=week.key,
             shard_id=shard_id,
-            records=records.get(owner, []),
-            issues=list(raw_issues.get(owner, [])),
+            records=records.get((sub["trial_id"], sub["participant_id"]), []),
+            file_metas=file_metas.get((sub["trial_id"], sub["participant_id"]), []),
+            issues=list(raw_issues.get((sub["trial_id"], sub["participant_id"]), [])),
         )
-        try:
-            for meta in file_metas.get(owner, []):
-                result = downloaded[id(meta)]
-                if isinstance(result, ReportInputError):
-                    bundle.issues.append(Issue.from_error("fetch", result))
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    bundle.files.append(result)
-        except Exception as error:  # one subscriber's failure must not sink the batch
-            record_dead_letter(db, subscription_id=bundle.subscription_id, week=week.key, stage="fetch", error=error)
-            breaker.failed(error)
-            continue
-        breaker.succeeded()
-        bundles.append(bundle)
-    return bundles
+        for sub in subscriptions
+    ]
 
 
 def iter_subscriber_batches(
-    db: Database, s3, bucket: str, week: Week, shard_id: str, shard_count: int, batch_size: int,
-    only: list[str] | None = None, download: Callable[[list[dict]], list] | None = None,
+    db: Database, week: Week, shard_id: str, shard_count: int, batch_size: int, only: list[str] | None = None,
 ) -> Iterator[list[SubscriberWeek]]:
-    """Stream a shard's subscribers, one fetched batch at a time.
+    """Stream a shard's subscribers, one queried batch at a time.
 
-    The next batch is already being fetched while this one is handed on, so its MongoDB queries
-    overlap this batch's downloads: two batches in flight at most, so memory stays bounded.
+    The next batch is already being queried while this one is handed on, so MongoDB's round trips
+    overlap the work on this one: two batches in flight at most, so memory stays bounded.
     """
     cursor = active_subscriptions(db, shard_id, shard_count, batch_size, only)
     fetching = deque()
     with ThreadPoolExecutor(2, thread_name_prefix="fetch-ahead") as ahead:
         # The cursor is read on this thread only: a pymongo cursor is not for sharing between threads.
         for subscriptions in batched(cursor, batch_size):
-            fetching.append(ahead.submit(fetch_batch, db, s3, bucket, week, shard_id, list(subscriptions), download))
+            fetching.append(ahead.submit(fetch_batch, db, week, shard_id, list(subscriptions)))
             if len(fetching) == 2:
                 yield fetching.popleft().result()
         while fetching:

@@ -23,6 +23,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     ENROLLMENTS: [
         IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),
         IndexModel([("updated_at", ASCENDING)], name="updated_at"),
+        # The subscription sensor's cursor: (updated_at, _id) moves past any number of equal timestamps.
+        IndexModel([("updated_at", ASCENDING), ("_id", ASCENDING)], name="updated_at_id"),
     ],
     SUBSCRIPTIONS: [
         IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),

@@ -32,7 +32,7 @@ def make_client(endpoint_url: str | None = None, region: str | None = None):
     return boto3.client(
         "s3",
         endpoint_url=endpoint_url or None,
-        region_name=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         config=config,
     )
 

@@ -7,6 +7,7 @@ redrive re-does only what is not done yet (delivery never re-sends what the ledg
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,21 +25,36 @@ JOB_FOR_STAGE = {"fetch": "reports", "aggregate": "reports", "render": "reports"
                  "deliver": "delivery"}
 
 
+REDRIVE, FIRST_REPORT = "redrive", "first_report"
+
+
 def queue_redrive(db: Database, *, week: str, shard: str, subscription_ids: list[str], reason: str,
-                  job: str = "reports") -> str:
+                  job: str = "reports", kind: str = REDRIVE) -> str:
     """Queue a re-run of (week, shard) for `subscription_ids`; returns the request id."""
     if job not in ("reports", "delivery"):
         raise ValueError(f"job must be 'reports' or 'delivery', got {job!r}")
-    result = db[REDRIVE_REQUESTS].insert_one({
-        "week": week,
-        "shard": shard,
-        "job": job,
-        "subscription_ids": sorted(set(subscription_ids)),
-        "reason": reason,
-        "status": "pending",
-        "created_at": datetime.now(UTC),
-    })
+    result = db[REDRIVE_REQUESTS].insert_one(_request(week, shard, subscription_ids, reason, job, kind))
     return str(result.inserted_id)
+
+
+def _request(week, shard, subscription_ids, reason, job, kind) -> dict:
+    return {"week": week, "shard": shard, "job": job, "kind": kind, "subscription_ids": sorted(set(subscription_ids)),
+            "reason": reason, "status": "pending", "created_at": datetime.now(UTC)}
+
+
+def queue_first_report(db: Database, *, week: str, shard: str, subscription_ids: list[str]) -> str:
+    """Queue the first report of newly validated subscribers; the same request asked twice is queued once.
+
+    The subscription sensor queues this before it marks them active, so a tick that fails in between
+    leaves them pending (validated again next tick) and never active without their first report.
+    """
+    ids = sorted(set(subscription_ids))
+    request_id = f"{FIRST_REPORT}:{week}:{shard}:" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
+    db[REDRIVE_REQUESTS].update_one(
+        {"_id": request_id},
+        {"$setOnInsert": _request(week, shard, ids, "first report of new subscribers", "reports", FIRST_REPORT)},
+        upsert=True)
+    return request_id
 
 
 def open_dead_letters(db: Database, *, week: str | None = None, letter_id: str | None = None,
@@ -107,8 +123,10 @@ def resolve_dead_letter(db: Database, letter_id: str, note: str = "") -> bool:
     return result.modified_count == 1
 
 
-def pending_requests(db: Database, limit: int) -> list[dict]:
-    return list(db[REDRIVE_REQUESTS].find({"status": "pending"}).sort("created_at", 1).limit(limit))
+def pending_requests(db: Database, limit: int, *, first_reports: bool = False) -> list[dict]:
+    """Pending requests, oldest first: first reports (the subscription sensor's) or all others (redrive's)."""
+    kind = FIRST_REPORT if first_reports else {"$ne": FIRST_REPORT}
+    return list(db[REDRIVE_REQUESTS].find({"status": "pending", "kind": kind}).sort("created_at", 1).limit(limit))
 
 
 def mark_launched(db: Database, request_id, run_id: str) -> None:

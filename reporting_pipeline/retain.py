@@ -1,4 +1,4 @@
-"""Retention: reports expire after REPORT_RETENTION_DAYS, intermediate step outputs after a week.
+"""Retention: reports expire after REPORT_RETENTION_DAYS.
 
 Two layers: an S3 lifecycle rule deletes old objects even if the pipeline never runs again, and the
 sweep deletes them itself and marks their `reports` records expired, so MongoDB says what S3 holds.
@@ -15,22 +15,11 @@ from pymongo.database import Database
 
 from . import mongo
 from .weeks import as_utc
-from . import settings
 from .retry import call_with_retry
 
 MAX_RETENTION_DAYS = 3650
 REPORTS_PREFIX = "reports/"
-INTERMEDIATE_PREFIX = "dagster-io/"
-# Step outputs carry copies of participant data; no run or re-execution needs them after a week.
-INTERMEDIATE_DAYS = 7
 REPORTS_RULE = "expire-reports"
-INTERMEDIATE_RULE = "expire-intermediate"
-_PROTECTED = ("files/", REPORTS_PREFIX)
-
-
-def retention_days() -> int:
-    """Days a report is kept (REPORT_RETENTION_DAYS, default 90, 1..3650)."""
-    return settings.retention_days()
 
 
 def _check_days(days: int) -> int:
@@ -39,29 +28,19 @@ def _check_days(days: int) -> int:
     return days
 
 
-def _check_intermediate_prefix(prefix: str) -> str:
-    # A wrong prefix ("" or "reports/") would make the weekly clean-up delete participant files or reports.
-    normal = prefix.strip("/") + "/"
-    if normal == "/" or any(p.startswith(normal) or normal.startswith(p) for p in _PROTECTED):
-        raise ValueError(f"intermediate prefix {prefix!r} is empty or overlaps files/ or reports/")
-    return normal
-
-
-def lifecycle_rules(days: int, intermediate_prefix: str = INTERMEDIATE_PREFIX) -> list[dict]:
+def lifecycle_rules(days: int) -> list[dict]:
     """The pipeline's own lifecycle rules."""
     # In a versioned bucket expiration only adds a delete marker; the old versions must go too.
     noncurrent = {"NoncurrentVersionExpiration": {"NoncurrentDays": 1}}
     return [
         {"ID": REPORTS_RULE, "Filter": {"Prefix": REPORTS_PREFIX}, "Status": "Enabled",
          "Expiration": {"Days": _check_days(days)}, **noncurrent},
-        {"ID": INTERMEDIATE_RULE, "Filter": {"Prefix": _check_intermediate_prefix(intermediate_prefix)},
-         "Status": "Enabled", "Expiration": {"Days": INTERMEDIATE_DAYS}, **noncurrent},
     ]
 
 
-def apply_lifecycle(s3, bucket: str, days: int, *, intermediate_prefix: str = INTERMEDIATE_PREFIX) -> bool:
+def apply_lifecycle(s3, bucket: str, days: int) -> bool:
     """Put our lifecycle rules on the bucket, keeping everyone else's; True if the configuration changed."""
-    ours = lifecycle_rules(days, intermediate_prefix)
+    ours = lifecycle_rules(days)
     try:
         current = s3.get_bucket_lifecycle_configuration(Bucket=bucket)
     except ClientError as error:
@@ -89,8 +68,6 @@ def report_expires_at(report_doc: dict, days: int) -> datetime | None:
 class SweepReport:
     reports_expired: int = 0
     report_objects_deleted: int = 0
-    intermediate_scanned: int = 0
-    intermediate_deleted: int = 0
     delete_errors: int = 0
 
     def as_metadata(self) -> dict[str, int]:
@@ -127,23 +104,6 @@ def _expire_reports(db: Database, s3, bucket: str, now: datetime, days: int, pag
             report.reports_expired += result.modified_count
 
 
-def _expire_intermediate(s3, bucket: str, prefix: str, now: datetime, page_size: int, report: SweepReport) -> None:
-    cutoff = now - timedelta(days=INTERMEDIATE_DAYS)
-    args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-    while True:
-        page = call_with_retry(lambda: s3.list_objects_v2(**args))
-        contents = page.get("Contents", [])
-        report.intermediate_scanned += len(contents)
-        old = [item["Key"] for item in contents if as_utc(item["LastModified"]) < cutoff]
-        refused = _delete_keys(s3, bucket, old)
-        report.intermediate_deleted += len(old) - len(refused)
-        report.delete_errors += len(refused)
-        if not page.get("IsTruncated"):
-            return
-        # The token marks a position in key order, so deleting what was listed does not skip anything.
-        args["ContinuationToken"] = page["NextContinuationToken"]
-
-
 def sweep(
     db: Database,
     s3,
@@ -152,13 +112,10 @@ def sweep(
     now: datetime,
     days: int,
     page_size: int = 500,
-    intermediate_prefix: str = INTERMEDIATE_PREFIX,
 ) -> SweepReport:
-    """Delete reports past retention and week-old intermediate objects, marking the reports expired."""
+    """Delete reports past retention, marking their records expired."""
     if not 1 <= page_size <= 1000:
         raise ValueError(f"page_size must be between 1 and 1000 (the S3 batch delete maximum), got {page_size}")
-    prefix = _check_intermediate_prefix(intermediate_prefix)
     report = SweepReport()
     _expire_reports(db, s3, bucket, now, _check_days(days), page_size, report)
-    _expire_intermediate(s3, bucket, prefix, now, page_size, report)
     return report

@@ -8,7 +8,6 @@ subscription cursor, the IO manager) fails the step, and Dagster's step RetryPol
 
 from __future__ import annotations
 
-import os
 import random
 import smtplib
 import socket
@@ -69,21 +68,30 @@ class Backoff:
     cap: float = 30.0
 
     @classmethod
-    def from_env(cls) -> "Backoff":
-        return cls(
-            attempts=int(os.environ.get("REPORT_RETRY_ATTEMPTS", 5)),
-            base=float(os.environ.get("REPORT_RETRY_BASE_SECONDS", 0.5)),
-            cap=float(os.environ.get("REPORT_RETRY_CAP_SECONDS", 30)),
-        )
+    def from_settings(cls, settings) -> "Backoff":
+        return cls(settings.retry_attempts, settings.retry_base_seconds, settings.retry_cap_seconds)
 
     def delay(self, retry_number: int, rng: Callable[[], float] = random.random) -> float:
         return rng() * min(self.cap, self.base * 2 ** retry_number)
 
 
+_default = Backoff()
+
+
+def configure(backoff: Backoff) -> None:
+    """Set this process's backoff (from the deployment's settings): the run and its workers call this at start."""
+    global _default
+    _default = backoff
+
+
+def default_backoff() -> Backoff:
+    return _default
+
+
 def call_with_retry(fn: Callable[[], T], backoff: Backoff | None = None, *, sleep=time.sleep,
                     on_retry: Callable[[int, BaseException], None] | None = None) -> T:
     """Call `fn`; retry transient failures with backoff; re-raise the last error with `.attempts` set."""
-    backoff = backoff or Backoff.from_env()
+    backoff = backoff or _default
     for attempt in range(1, backoff.attempts + 1):
         try:
             return fn()

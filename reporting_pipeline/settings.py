@@ -1,57 +1,28 @@
-"""Settings read from the environment, with the defaults the pipeline runs on when nothing is set."""
+"""Every setting of a deployment, read once from the environment into one validated object.
+
+`Settings.from_env()` is the only place that reads the pipeline's environment variables. A bad value
+fails at start with the variable's name; tests construct `Settings(...)` directly. The table
+`VARIABLES` below is the whole configuration: name, field, default, and how a value is checked.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # SigV4 pre-signed URLs are valid for at most seven days.
 MAX_LINK_TTL_HOURS = 168
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value the pipeline cannot run with."""
-
-
-def _int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def report_timezone() -> str:
-    """Timezone that defines where a report week starts and ends (REPORT_TIMEZONE, default UTC)."""
-    name = os.environ.get("REPORT_TIMEZONE", "").strip() or "UTC"
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(f"REPORT_TIMEZONE is not a known IANA timezone: {name!r}") from None
-    return name
-
-
-def shard_count() -> int:
-    """Number of shards a week is split into (REPORT_SHARDS, default 8)."""
-    return _int("REPORT_SHARDS", 8, 1, 4096)
-
-
-def link_ttl_hours() -> int:
-    """Lifetime of an emailed link (REPORT_LINK_TTL_HOURS, default 72, at most 168)."""
-    return _int("REPORT_LINK_TTL_HOURS", 72, 1, MAX_LINK_TTL_HOURS)
-
-
-def batch_size() -> int:
-    """Subscribers handled together inside a shard run (REPORT_BATCH_SIZE, default 50)."""
-    return _int("REPORT_BATCH_SIZE", 50, 1, 10_000)
+    """An environment variable holds a value the pipeline cannot run with; the message names it."""
 
 
 def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -69,30 +40,208 @@ def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     return cpus
 
 
-def worker_processes() -> int:
-    """Worker processes per step for downloads, aggregation and rendering (REPORT_WORKER_PROCESSES, default: the CPUs available)."""
-    return _int("REPORT_WORKER_PROCESSES", available_cpus(), 1, 256)
+# Parsers turn the variable's text into a value; checkers refuse a value of the right type but out of bounds.
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
 
 
-def retention_days() -> int:
-    """Days a stored report is kept (REPORT_RETENTION_DAYS, default 90)."""
-    return _int("REPORT_RETENTION_DAYS", 90, 1, 3650)
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
 
 
-def delivery_lease_seconds() -> int:
-    """How long a delivery claim is held before another run may take it over (default 900)."""
-    return _int("REPORT_DELIVERY_LEASE_SECONDS", 900, 1, 86_400)
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _between(low, high) -> Callable:
+    def check(value):
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+    return check
+
+
+def _timezone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not a known IANA timezone") from None
+
+
+def _monday(value: str) -> None:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be a date like 2025-01-06") from None
+    if day.weekday() != 0:
+        raise ValueError("must be a Monday (weeks start on Monday)")
+
+
+def _http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+
+
+def _one_click_url(value: str) -> None:
+    """RFC 8058 wants the one-click unsubscribe URI to be HTTPS; plain http only on loopback (demo, dev)."""
+    _http_url(value)
+    parts = urlsplit(value)
+    if parts.scheme != "https" and parts.hostname not in _LOOPBACK:
+        raise ValueError("must be an https URL (RFC 8058); http is accepted only on localhost")
+
+
+def _sse(value: str) -> None:
+    if value not in ("AES256", "aws:kms"):
+        raise ValueError("must be AES256 or aws:kms")
 
 
 @dataclass(frozen=True)
-class PipelineSettings:
-    """The non-secret knobs of one deployment."""
+class Var:
+    """One environment variable: where it goes, how its text is read, what values are allowed."""
 
-    timezone: str
-    shards: int
-    link_ttl_hours: int
-    batch_size: int
+    name: str
+    field: str
+    parse: Callable[[str], object] = str
+    check: Callable[[object], None] | None = None
+    help: str = ""
+
+
+VARIABLES: tuple[Var, ...] = (
+    Var("MONGODB_URI", "mongodb_uri", help="MongoDB (mongomock://NAME for in-process)"),
+    Var("MONGODB_DATABASE", "mongodb_database", help="database name"),
+    Var("REPORTS_BUCKET", "reports_bucket", help="bucket for files and reports"),
+    Var("AWS_ENDPOINT_URL", "aws_endpoint_url", check=_http_url, help="S3-compatible endpoint"),
+    Var("AWS_REGION", "aws_region", help="S3 region"),
+    Var("REPORTS_SSE", "reports_sse", check=_sse, help="server-side encryption"),
+    Var("REPORTS_KMS_KEY_ID", "reports_kms_key_id", help="KMS key for aws:kms"),
+    Var("REPORTS_CREATE_BUCKET", "reports_create_bucket", _bool, help="create the bucket if missing"),
+    Var("SMTP_HOST", "smtp_host", help="SMTP relay"),
+    Var("SMTP_PORT", "smtp_port", _int, _between(1, 65535), help="SMTP port"),
+    Var("SMTP_USERNAME", "smtp_username", help="SMTP user"),
+    Var("SMTP_PASSWORD", "smtp_password", help="SMTP password"),
+    Var("SMTP_STARTTLS", "smtp_starttls", _bool, help="STARTTLS on connect"),
+    Var("EMAIL_FROM", "email_from", help="sender address"),
+    Var("REPORT_TIMEZONE", "timezone", check=_timezone, help="where weeks start and end"),
+    Var("REPORT_SHARDS", "shards", _int, _between(1, 4096), help="shards per week"),
+    Var("REPORT_FIRST_WEEK", "first_week", check=_monday, help="first week offered as a partition"),
+    Var("REPORT_LINK_TTL_HOURS", "link_ttl_hours", _int, _between(1, MAX_LINK_TTL_HOURS), help="link lifetime"),
+    Var("REPORT_BATCH_SIZE", "batch_size", _int, _between(1, 10_000), help="subscribers per batch inside a run"),
+    Var("REPORT_WORKER_PROCESSES", "worker_processes", _int, _between(1, 256), help="worker processes per run"),
+    Var("REPORT_RETENTION_DAYS", "retention_days", _int, _between(1, 3650), help="days report objects are kept"),
+    Var("REPORT_ORPHAN_GRACE_HOURS", "orphan_grace_hours", _int, _between(1, 24 * 30),
+        help="age before reconciliation treats an unregistered object as an orphan"),
+    Var("REPORT_DELIVERY_LEASE_SECONDS", "delivery_lease_seconds", _int, _between(1, 86_400),
+        help="how long a delivery claim is held"),
+    Var("REPORT_UNSUBSCRIBE_URL", "unsubscribe_url", check=_one_click_url, help="base of one-click unsubscribe links"),
+    Var("REPORT_RETRY_ATTEMPTS", "retry_attempts", _int, _between(1, 20), help="in-step tries of a transient error"),
+    Var("REPORT_RETRY_BASE_SECONDS", "retry_base_seconds", _float, _between(0.0, 600.0), help="first backoff"),
+    Var("REPORT_RETRY_CAP_SECONDS", "retry_cap_seconds", _float, _between(0.0, 3600.0), help="longest backoff"),
+    Var("REPORT_STEP_RETRY_DELAY_SECONDS", "step_retry_delay_seconds", _float, _between(0.0, 3600.0),
+        help="first delay of the step retry policy"),
+    Var("REPORT_REDRIVE_MAX_ATTEMPTS", "redrive_max_attempts", _int, _between(0, 20), help="redrive cap"),
+    Var("REPORT_REDRIVE_BASE_DELAY_SECONDS", "redrive_base_delay_seconds", _int, _between(0, 86_400),
+        help="first redrive delay"),
+    Var("OPS_EMAIL", "ops_email", help="where alerts go"),
+    Var("DAGSTER_UI_URL", "dagster_ui_url", check=_http_url, help="the UI alerts link to"),
+    Var("JWT_SECRET", "jwt_secret", help="HS256 key of API tokens"),
+    Var("JWT_PUBLIC_KEY", "jwt_public_key", help="RS256 public key (PEM) of API tokens"),
+    Var("JWT_ISSUER", "jwt_issuer", help="expected token issuer"),
+    Var("JWT_AUDIENCE", "jwt_audience", help="expected token audience"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs of one deployment. Secrets are kept out of repr (logs, tracebacks)."""
+
+    mongodb_uri: str = field(default="mongodb://localhost:27017", repr=False)
+    mongodb_database: str = "reporting"
+    reports_bucket: str = "clinical-reports"
+    aws_endpoint_url: str | None = None
+    aws_region: str | None = None
+    reports_sse: str = "AES256"
+    reports_kms_key_id: str | None = None
+    reports_create_bucket: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_username: str | None = field(default=None, repr=False)
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_starttls: bool = False
+    email_from: str = "reports@localhost"
+    timezone: str = "UTC"
+    shards: int = 8
+    first_week: str = "2025-01-06"
+    link_ttl_hours: int = 72
+    batch_size: int = 50
+    worker_processes: int = field(default_factory=available_cpus)
+    retention_days: int = 90
+    orphan_grace_hours: int = 24
+    delivery_lease_seconds: int = 900
+    unsubscribe_url: str = "http://localhost:8080/v1/unsubscribe"
+    retry_attempts: int = 5
+    retry_base_seconds: float = 0.5
+    retry_cap_seconds: float = 30.0
+    step_retry_delay_seconds: float = 10.0
+    redrive_max_attempts: int = 3
+    redrive_base_delay_seconds: int = 300
+    ops_email: str | None = None
+    dagster_ui_url: str = "http://localhost:3000"
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: str | None = field(default=None, repr=False)
+    jwt_issuer: str = "https://auth.example.org/"
+    jwt_audience: str = "trial-reports"
+
+    def __post_init__(self):
+        # Constructed in code (tests) or from the environment: the same checks, naming the variable.
+        for var in VARIABLES:
+            value = getattr(self, var.field)
+            if var.check is not None and value is not None:
+                try:
+                    var.check(value)
+                except ValueError as error:
+                    raise SettingsError(f"{var.name} {error}, got {value!r}") from None
 
     @classmethod
-    def from_env(cls) -> "PipelineSettings":
-        return cls(report_timezone(), shard_count(), link_ttl_hours(), batch_size())
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from `environ` (default: os.environ); unset or blank variables take the defaults."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for var in VARIABLES:
+            text = (environ.get(var.name) or "").strip()
+            if not text:
+                continue
+            try:
+                values[var.field] = var.parse(text)
+            except ValueError as error:
+                shown = "(hidden)" if var.field in _SECRET_FIELDS else repr(text)
+                raise SettingsError(f"{var.name} {error}, got {shown}") from None
+        return cls(**{**values, **overrides})
+
+    def replace(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def redrive_base_delay(self) -> timedelta:
+        return timedelta(seconds=self.redrive_base_delay_seconds)
+
+
+_SECRET_FIELDS = {f.name for f in fields(Settings) if not f.repr}
+
+
+def variable_of(field_name: str) -> str:
+    """The environment variable behind a settings field (for messages and EnvVar)."""
+    return next(v.name for v in VARIABLES if v.field == field_name)

@@ -173,20 +173,29 @@ def unsubscribe_with_token(db: Database, token: str, now: datetime | None = None
     return unsubscribe(db, doc["_id"], reason="one-click", now=now)
 
 
-def revalidate(db: Database, doc: dict, now: datetime) -> tuple[str, str]:
-    """Decide a pending subscription's fate: (new status, reason), refreshing the email from the enrollment."""
+def validate_pending(db: Database, doc: dict) -> tuple[str, str, str | None]:
+    """A pending subscription's fate, decided without writing: (new status, reason, email from the enrollment)."""
     from .notify import validate_email  # notify imports nothing of ours that imports this module
 
     try:
         enrollment = check_enrollment(db, doc["trial_id"], doc["participant_id"])
         validate_email(enrollment.get("email"), doc["_id"])
     except (SubscriptionError, InvalidEmailAddress) as error:
-        status, reason, email = REJECTED, getattr(error, "code", "invalid_email"), doc.get("email")
-    else:
-        status, reason, email = ACTIVE, "validated", enrollment.get("email")
+        return REJECTED, getattr(error, "code", "invalid_email"), doc.get("email")
+    return ACTIVE, "validated", enrollment.get("email")
+
+
+def apply_validation(db: Database, doc: dict, decision: tuple[str, str, str | None], now: datetime) -> None:
+    status, reason, email = decision
     db[mongo.SUBSCRIPTIONS].update_one({"_id": doc["_id"], "status": PENDING}, {"$set": {
         "status": status, "status_reason": reason, "email": email, "validated_at": now, "updated_at": now}})
-    return status, reason
+
+
+def revalidate(db: Database, doc: dict, now: datetime) -> tuple[str, str]:
+    """Decide a pending subscription's fate and record it: (new status, reason)."""
+    decision = validate_pending(db, doc)
+    apply_validation(db, doc, decision, now)
+    return decision[:2]
 
 
 def deactivate_for_enrollment(db: Database, trial_id: str, participant_id: str, now: datetime) -> int:

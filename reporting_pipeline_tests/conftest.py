@@ -37,10 +37,12 @@ class Pipeline:
     encryption: Encryption
     workdir: Path
 
-    def definitions(self):
+    def definitions(self, **settings):
+        """The definitions of a deployment configured by this environment, with `settings` changed."""
         from reporting_pipeline.defs.definitions import build_definitions
+        from reporting_pipeline.settings import Settings
 
-        return build_definitions()
+        return build_definitions(Settings.from_env(**settings))
 
 
 @pytest.fixture

@@ -14,12 +14,13 @@ from reporting_pipeline.embedded import Outbox, free_port
 
 
 class FaultyS3Server:
-    """moto's S3 behind a WSGI layer that answers 500/503 to a share of object requests."""
+    """moto's S3 behind a WSGI layer that answers 500/503 to a share of object requests (or to those `fail_if` picks)."""
 
-    def __init__(self, fail_ratio: float, seed: int = 1):
+    def __init__(self, fail_ratio: float = 0.0, seed: int = 1, fail_if=None):
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 
         self.fail_ratio = fail_ratio
+        self.fail_if = fail_if  # (method, path) -> bool: fail exactly these requests while enabled
         self.enabled = False
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -35,7 +36,10 @@ class FaultyS3Server:
         is_object = path.count("/") >= 2  # /bucket/key...: object requests, not bucket set-up
         with self.lock:
             self.requests[(environ["REQUEST_METHOD"], path)] += 1
-            fail = self.enabled and is_object and self.rng.random() < self.fail_ratio
+            if self.fail_if is not None:
+                fail = self.enabled and self.fail_if(environ["REQUEST_METHOD"], path)
+            else:
+                fail = self.enabled and is_object and self.rng.random() < self.fail_ratio
             status = self.rng.choice(["500 Internal Server Error", "503 Slow Down"]) if fail else ""
             if fail:
                 self.injected += 1
@@ -76,7 +80,12 @@ class DeferringOutbox(Outbox):
 
 
 class CuttableTcpProxy:
-    """Forwards a local port to a target; `cut()` drops every connection and refuses new ones for a while."""
+    """Forwards a local port to a target; `cut()` drops every connection and refuses new ones for a while.
+
+    `cut_after(messages, refuse)` arms an outage triggered by traffic, not by a clock: once the client
+    has sent `messages` more chunks, every connection is dropped and the next `refuse` connection
+    attempts are refused. The outage then falls where the client is known to be talking to the server.
+    """
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -88,10 +97,16 @@ class CuttableTcpProxy:
         self.cuts = 0
         self.refused = 0
         self.stopped = False
+        self.countdown: int | None = None  # client chunks until an armed outage
+        self.refuse_left = 0
+        self.outage_over = threading.Event()
 
-    def _pump(self, src, dst):
+    def _pump(self, src, dst, from_client=False):
         try:
             while data := src.recv(65536):
+                if from_client and self._count_down():
+                    self._outage()
+                    return
                 dst.sendall(data)
         except OSError:
             pass
@@ -108,15 +123,52 @@ class CuttableTcpProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            if time.monotonic() < self.down_until:
+            with self.lock:
+                refuse = self.refuse_left > 0 or time.monotonic() < self.down_until
+                if refuse:
+                    self.refused += 1
+                    if self.refuse_left > 0:
+                        self.refuse_left -= 1
+                        if self.refuse_left == 0:
+                            self.outage_over.set()
+            if refuse:
                 client.close()  # the database is "unreachable"
-                self.refused += 1
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the server is shutting down with the test
+                client.close()
+                continue
             with self.lock:
                 self.connections += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def cut_after(self, messages: int, refuse: int) -> None:
+        with self.lock:
+            self.countdown, self.refuse_left = messages, refuse
+            self.outage_over.clear()
+
+    def _count_down(self) -> bool:
+        with self.lock:
+            if self.countdown is None:
+                return False
+            self.countdown -= 1
+            if self.countdown > 0:
+                return False
+            self.countdown = None
+            return True
+
+    def _outage(self) -> None:
+        self.cuts += 1
+        with self.lock:
+            connections, self.connections = self.connections, []
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
 
     def cut(self, seconds: float) -> None:
         self.cuts += 1

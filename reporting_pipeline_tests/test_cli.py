@@ -53,11 +53,13 @@ def test_seed_command_is_idempotent_against_a_shared_database(pipeline):
         assert stored == counts[mongo.FILES] > 0  # every file record has its object, and no more
 
 
-def test_seed_without_a_database_says_so():
-    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
-    done = subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", "seed"], capture_output=True, text=True,
+@pytest.mark.parametrize("command", [["seed"], ["status"], ["api"], ["reconcile"]])
+def test_a_bad_setting_is_one_line_naming_the_variable(command):
+    env = {**os.environ, "REPORT_SHARDS": "eight"}
+    done = subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", *command], capture_output=True, text=True,
                           env=env, timeout=60)
-    assert done.returncode == 2 and "MONGODB_URI is not set" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["reporting-pipeline: REPORT_SHARDS must be a whole number, got 'eight'"]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")

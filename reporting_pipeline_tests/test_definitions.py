@@ -5,11 +5,14 @@ from datetime import UTC, datetime
 from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context
 
 from reporting_pipeline.defs.definitions import defs
-from reporting_pipeline.defs.partitions import report_partitions_def, split_partition_key
+from reporting_pipeline.defs.partitions import report_partitions, split_partition_key
+from reporting_pipeline.settings import Settings
 from reporting_pipeline.seed import seed
 from reporting_pipeline.sharding import shard_ids
 
 from .conftest import LAST_WEEK, NOW
+
+report_partitions_def = report_partitions(Settings())
 
 
 def test_definitions_load():

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 8
 BUCKET = "clinical-reports"
 # Anything the developer's shell points at elsewhere would stop the stand-ins from starting.
-FOREIGN_ENV = ("MONGODB_URI", "AWS_ENDPOINT_URL", "SMTP_HOST", "DAGSTER_HOME", "REPORTS_BUCKET", "IO_MANAGER_BASE_DIR",
-               "IO_MANAGER_S3_PREFIX", "REPORT_FIRST_WEEK", "REPORT_SHARDS", "REPORT_TIMEZONE", "DAGSTER_UI_URL")
+FOREIGN_ENV = ("MONGODB_URI", "AWS_ENDPOINT_URL", "SMTP_HOST", "DAGSTER_HOME", "REPORTS_BUCKET",
+               "REPORT_FIRST_WEEK", "REPORT_SHARDS", "REPORT_TIMEZONE", "DAGSTER_UI_URL")
 
 
 def _stat(pid: int) -> tuple[int, str, str] | None:

@@ -1,18 +1,22 @@
-"""Steps in separate processes: the IO manager carries batches between them, MongoDB is a real wire server."""
+"""Runs as Dagster executes them in production: the step in a process of its own (multiprocess executor),
+retried from failure through Dagster's re-execution API, MongoDB a real wire server shared by the processes."""
 
 import os
 import sys
 
 import pytest
-from dagster import DagsterEventType, execute_job, instance_for_test, reconstructable
+from dagster import DagsterEventType, ReexecutionOptions, execute_job, instance_for_test, reconstructable
 
 from reporting_pipeline import mongo
-from reporting_pipeline.defs.partitions import report_partition_key, report_partitions_def
+from reporting_pipeline.defs.assets import only_subscribers
+from reporting_pipeline.defs.partitions import report_partition_key
+from reporting_pipeline.demo import materialization_metadata
 from reporting_pipeline.embedded import patched_env
+from reporting_pipeline.objectstore import ensure_bucket, make_client
 from reporting_pipeline.seed import seed
-from reporting_pipeline.sharding import shard_of
 
 from .conftest import LAST_WEEK, NOW
+from .faults import FaultyS3Server
 
 pytestmark = pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
 
@@ -29,34 +33,70 @@ def report_delivery_job():
     return build_definitions().resolve_job_def("report_delivery_job")
 
 
-def run(job_fn, instance, key):
-    tags = report_partitions_def.get_tags_for_partition_key(key)
-    return execute_job(reconstructable(job_fn), instance=instance, tags=tags)
+def tags_for(key) -> dict:
+    return {"dagster/partition": str(key), "dagster/partition/shard": "00", "dagster/partition/week": LAST_WEEK}
 
 
-def test_shard_run_with_steps_in_separate_processes(pipeline, tmp_path):
+def stored_bytes(root, skip) -> list[tuple[str, bytes]]:
+    return [(str(p), p.read_bytes()) for p in root.rglob("*") if p.is_file() and skip not in p.parents]
+
+
+def test_a_retried_run_reports_on_its_own_subscribers_and_nothing_personal_is_stored_between_stages(
+        pipeline, tmp_path):
     from reporting_pipeline.wire_mongo import MongoWireServer
 
-    with MongoWireServer() as server, patched_env({"MONGODB_URI": server.uri}), \
-            instance_for_test(temp_dir=str(tmp_path)) as instance:
+    # Uploads of reports fail while `outage` is on: the run's one step fails after its retries.
+    s3 = FaultyS3Server(fail_if=lambda method, path: method == "PUT" and "/reports/" in path)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    with MongoWireServer() as server, s3, instance_for_test(temp_dir=str(home)) as instance, \
+            patched_env({"MONGODB_URI": server.uri, "AWS_ENDPOINT_URL": s3.endpoint_url, "REPORT_SHARDS": "1",
+                         "REPORT_RETRY_ATTEMPTS": "2"}):
+        client = make_client(s3.endpoint_url)
+        ensure_bucket(client, pipeline.bucket)
         db = mongo.connect(server.uri)["reporting"]
-        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
-        shard = shard_of(seeded.subscription_ids[0], 8)
-        members = [s for s in seeded.subscription_ids if shard_of(s, 8) == shard]
-        key = report_partition_key(LAST_WEEK, shard)
+        seeded = seed(db, client, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
+        key = report_partition_key(LAST_WEEK, "00")
 
-        result = run(weekly_reports_job, instance, key)
-        assert result.success
-        step_pids = {
-            e.step_key: e.dagster_event.pid for e in instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_START)
-        }
-        assert set(step_pids) == {"fetched_records", "aggregated_tables", "report_pdfs"}
-        assert len(set(step_pids.values())) == 3 and os.getpid() not in step_pids.values()
-        io_dir = tmp_path / "io" / "fetched_records" / f"week={LAST_WEEK}" / f"shard={shard}"
-        assert (io_dir / "latest.json").exists() and (io_dir / "runs" / result.run_id / "manifest.json").exists()
-        assert sorted(r["subscription_id"] for r in db[mongo.REPORTS].find()) == sorted(members)
+        s3.enabled = True
+        failed = execute_job(reconstructable(weekly_reports_job), instance=instance, tags=tags_for(key),
+                             raise_on_error=False)
+        assert not failed.success
+        s3.enabled = False
+        # Meanwhile a first-report run for one new subscriber writes the same partition.
+        first_report = execute_job(reconstructable(weekly_reports_job), instance=instance, tags=tags_for(key),
+                                   run_config=only_subscribers(seeded.subscription_ids[:1]))
+        assert first_report.success
+        # The daemon's run retry: the failed run re-executed from its failure, with the parent's tags.
+        retried = execute_job(reconstructable(weekly_reports_job), instance=instance,
+                              tags=instance.get_run_by_id(failed.run_id).tags,
+                              reexecution_options=ReexecutionOptions.from_failure(failed.run_id, instance))
+        assert retried.success, [e.message for e in retried.all_events if e.is_failure]
+        pids = {e.dagster_event.pid for e in instance.all_logs(retried.run_id, of_type=DagsterEventType.STEP_START)}
+        assert len(pids) == 1 and os.getpid() not in pids  # the step ran in a process of its own
+        rendered = materialization_metadata(retried, "report_pdfs")["rendered"]
+        assert rendered == 6  # all of the shard, not the first report's one subscriber
+        assert sorted(r["subscription_id"] for r in db[mongo.REPORTS].find()) == sorted(seeded.subscription_ids)
 
-        assert run(report_delivery_job, instance, key).success
-        assert run(report_delivery_job, instance, key).success  # launched twice: still one email each
-        subscriptions = {s["_id"]: s["email"] for s in db[mongo.SUBSCRIPTIONS].find()}
-        assert sorted(m["To"] for m in pipeline.outbox.messages) == sorted(subscriptions[s] for s in members)
+        assert execute_job(reconstructable(report_delivery_job), instance=instance, tags=tags_for(key)).success
+        assert execute_job(reconstructable(report_delivery_job), instance=instance, tags=tags_for(key)).success
+        assert len(pipeline.outbox.messages) == 6  # delivered twice: still one email each
+
+        # Nothing a participant is or wrote was stored on the way: not in Dagster's storage (event
+        # logs, compute logs) or anywhere else on disk but the SMTP server's outbox, not in the bucket
+        # outside their files and the encrypted reports.
+        participants = [s["participant_id"] for s in db[mongo.SUBSCRIPTIONS].find()]
+        addresses = [s["email"] for s in db[mongo.SUBSCRIPTIONS].find()]
+        diary = [client.get_object(Bucket=pipeline.bucket, Key=f["s3_key"])["Body"].read().decode()[:30]
+                 for f in db[mongo.FILES].find({"kind": "text"})]
+        assert diary and participants
+        stored = stored_bytes(tmp_path, skip=tmp_path / "outbox")
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=pipeline.bucket)
+        stored += [(o["Key"], client.get_object(Bucket=pipeline.bucket, Key=o["Key"])["Body"].read())
+                   for page in pages for o in page.get("Contents", [])
+                   if not o["Key"].startswith(("files/", "reports/"))]
+        leaks = [(where, needle) for where, data in stored for needle in participants + addresses + diary
+                 if needle.encode() in data]
+        print(f"\nretried run: {rendered} reports; scanned {len(stored)} stored "
+              f"files/objects for {len(participants)} participant ids, addresses and diary texts: {len(leaks)} found")
+        assert leaks == []

@@ -86,23 +86,17 @@ def test_report_redrive_runs_only_the_listed_subscribers(pipeline, instance):
 
 
 def test_failed_partitions_are_redriven_with_growing_delay_up_to_a_cap(pipeline, instance, monkeypatch):
-    definitions = pipeline.definitions()
+    definitions = pipeline.definitions(redrive_base_delay_seconds=0, redrive_max_attempts=2)
     partition = report_partition_key(LAST_WEEK, "03")
     job = definitions.resolve_job_def("weekly_reports_job")
-    # Break MongoDB for this run: an unknown host fails the step and, after step retries, the run.
-    monkeypatch.setattr(sensors, "REDRIVE_BASE_DELAY", timedelta(seconds=0))
-    monkeypatch.setattr(sensors, "REDRIVE_MAX_ATTEMPTS", 2)
     sensor = definitions.resolve_sensor_def("redrive_sensor")
+    # Break MongoDB for these runs: an unknown host fails the step and, after step retries, the run.
+    broken = pipeline.definitions(mongodb_uri="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200",
+                                  retry_attempts=1).resolve_job_def("weekly_reports_job")
 
     def failing_run(tags):
-        from reporting_pipeline.defs.definitions import build_definitions
-        from reporting_pipeline.embedded import patched_env
-
-        with patched_env({"MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200",
-                          "REPORT_RETRY_ATTEMPTS": "1"}):
-            broken = build_definitions().resolve_job_def("weekly_reports_job")
-            return broken.execute_in_process(instance=instance, partition_key=partition, tags=tags,
-                                             raise_on_error=False, run_config={"ops": {}})
+        return broken.execute_in_process(instance=instance, partition_key=partition, tags=tags,
+                                         raise_on_error=False, run_config={"ops": {}})
 
     assert not failing_run({}).success
     attempts = []
@@ -121,8 +115,9 @@ def test_failed_partitions_are_redriven_with_growing_delay_up_to_a_cap(pipeline,
 
 
 def test_redrive_waits_longer_after_each_attempt():
-    delays = [sensors.redrive_delay(n) for n in range(6)]
-    assert delays == sorted(delays) and delays[0] == sensors.REDRIVE_BASE_DELAY
+    delays = [sensors.redrive_delay(n, timedelta(minutes=5)) for n in range(6)]
+    assert delays[:3] == [timedelta(minutes=5), timedelta(minutes=20), timedelta(minutes=80)]
+    assert delays == sorted(delays)
     assert delays[-1] == sensors.REDRIVE_MAX_DELAY
 
 
@@ -130,15 +125,11 @@ def test_final_failure_alerts_operators_without_participant_data(pipeline, insta
     monkeypatch.setenv("OPS_EMAIL", "ops@example.org")
     definitions = pipeline.definitions()
     partition = report_partition_key(LAST_WEEK, "05")
-    from reporting_pipeline.defs.definitions import build_definitions
-    from reporting_pipeline.embedded import patched_env
-
-    with patched_env({"MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200", "REPORT_RETRY_ATTEMPTS": "1"}):
-        broken = build_definitions().resolve_job_def("weekly_reports_job")
-    for attempt, expect_alert in ((1, False), (sensors.REDRIVE_MAX_ATTEMPTS, True)):
-        with patched_env({"MONGODB_URI": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200"}):
-            result = broken.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
-                                               tags={"report/redrive_attempt": str(attempt)})
+    broken = pipeline.definitions(mongodb_uri="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200",
+                                  retry_attempts=1).resolve_job_def("weekly_reports_job")
+    for attempt, expect_alert in ((1, False), (3, True)):  # REPORT_REDRIVE_MAX_ATTEMPTS: 3
+        result = broken.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
+                                           tags={"report/redrive_attempt": str(attempt)})
         failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
         context = build_run_status_sensor_context(
             sensor_name="partition_failure_alert_sensor", dagster_event=failure, dagster_instance=instance,

@@ -74,14 +74,14 @@ def test_left_out_items_are_mentioned_without_details():
 
 
 def test_process_pool_renders_the_same_bytes_and_returns_failures_in_place():
-    from reporting_pipeline.store import render_many
-    from reporting_pipeline.workers import WorkerPool
+    from reporting_pipeline.render import render_report
+    from reporting_pipeline.workers import WorkerPool, each
 
     good = aggregate_subscriber(bundle(), "UTC")
     bad = aggregate_subscriber(bundle(records=[{**RECORDS[2], "unit": "kg " * 40000}]), "UTC")
     reports = [good, good, bad, good, good]
     with WorkerPool(workers=2) as pool:
-        results = pool.map(render_many, reports)
+        results = pool.map(each(render_report), reports)
     serial, _ = render_report(good)
     assert [r[0] == serial for i, r in enumerate(results) if i != 2] == [True] * 4
     assert type(results[2]).__name__ == "LayoutError"

@@ -1,4 +1,4 @@
-"""Retention: lifecycle rules on the bucket, the sweep of old reports and step outputs, the maintenance assets."""
+"""Retention: lifecycle rules on the bucket, the sweep of old reports, the maintenance assets."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -6,25 +6,15 @@ import pytest
 from dagster import materialize
 
 from reporting_pipeline import mongo
-from reporting_pipeline.defs.maintenance import report_retention, storage_is_consistent, storage_reconciliation
-from reporting_pipeline.defs.resources import MongoResource, ReportSettingsResource, S3Resource
+from reporting_pipeline.defs.maintenance import maintenance_definitions
+from reporting_pipeline.defs.resources import MongoResource, S3Resource
 from reporting_pipeline.reconcile import reconcile
-from reporting_pipeline.retain import apply_lifecycle, report_expires_at, retention_days, sweep
+from reporting_pipeline.retain import apply_lifecycle, report_expires_at, sweep
+from reporting_pipeline.settings import Settings
 from reporting_pipeline.seed import seed
 from reporting_pipeline.store import store_report
 
 from .conftest import LAST_WEEK, NOW
-
-
-def test_retention_days_comes_from_the_environment_within_bounds(monkeypatch):
-    monkeypatch.delenv("REPORT_RETENTION_DAYS", raising=False)
-    assert retention_days() == 90
-    monkeypatch.setenv("REPORT_RETENTION_DAYS", "30")
-    assert retention_days() == 30
-    for bad in ("0", "3651", "ninety", "1.5"):
-        monkeypatch.setenv("REPORT_RETENTION_DAYS", bad)
-        with pytest.raises(ValueError, match="REPORT_RETENTION_DAYS"):
-            retention_days()
 
 
 def rules_by_id(pipeline) -> dict:
@@ -39,27 +29,25 @@ def test_lifecycle_rules_are_put_next_to_existing_ones_and_reapplying_changes_no
 
     assert apply_lifecycle(s3, bucket, 90) is True
     rules = rules_by_id(pipeline)
-    assert set(rules) == {"keep-logs", "expire-reports", "expire-intermediate"}
+    assert set(rules) == {"keep-logs", "expire-reports"}
     assert rules["keep-logs"]["Expiration"] == {"Days": 30}
     assert (rules["expire-reports"]["Filter"], rules["expire-reports"]["Expiration"]) == (
         {"Prefix": "reports/"}, {"Days": 90})
-    assert (rules["expire-intermediate"]["Filter"], rules["expire-intermediate"]["Expiration"]) == (
-        {"Prefix": "dagster-io/"}, {"Days": 7})
 
     assert apply_lifecycle(s3, bucket, 90) is False
     assert rules_by_id(pipeline) == rules
     assert apply_lifecycle(s3, bucket, 30) is True
     assert rules_by_id(pipeline)["expire-reports"]["Expiration"] == {"Days": 30}
-    assert len(rules_by_id(pipeline)) == 3
+    assert len(rules_by_id(pipeline)) == 2
 
 
 def test_lifecycle_and_sweep_refuse_values_that_would_delete_the_wrong_things(pipeline):
     for days in (0, 3651, True):
         with pytest.raises(ValueError):
             apply_lifecycle(pipeline.s3, pipeline.bucket, days)
-    for prefix in ("", "/", "reports", "files/photos/"):
-        with pytest.raises(ValueError, match="overlaps"):
-            sweep(pipeline.db, pipeline.s3, pipeline.bucket, now=NOW, days=90, intermediate_prefix=prefix)
+    for page_size in (0, 1001):
+        with pytest.raises(ValueError, match="page_size"):
+            sweep(pipeline.db, pipeline.s3, pipeline.bucket, now=NOW, days=90, page_size=page_size)
 
 
 def store(pipeline, sub: str, week: str = LAST_WEEK) -> dict:
@@ -71,7 +59,7 @@ def keys(pipeline, prefix: str) -> set[str]:
     return {o["Key"] for o in pipeline.s3.list_objects_v2(Bucket=pipeline.bucket, Prefix=prefix).get("Contents", [])}
 
 
-def test_sweep_expires_only_old_reports_and_old_step_outputs_and_is_idempotent(pipeline):
+def test_sweep_expires_only_old_reports_and_is_idempotent(pipeline):
     db, s3, bucket = pipeline.db, pipeline.s3, pipeline.bucket
     now = datetime.now(UTC)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # MongoDB keeps milliseconds
@@ -80,23 +68,19 @@ def test_sweep_expires_only_old_reports_and_old_step_outputs_and_is_idempotent(p
     db[mongo.REPORTS].update_many({"subscription_id": {"$in": ["sub_old", "sub_gone"]}},
                                   {"$set": {"rendered_at": long_ago, "created_at": long_ago}})
     s3.delete_object(Bucket=bucket, Key=docs["sub_gone"]["s3_key"])  # a lifecycle rule got there first
-    for i in range(3):
-        s3.put_object(Bucket=bucket, Key=f"dagster-io/fetched_records/week={LAST_WEEK}/chunk-{i:06d}.pkl", Body=b"x")
     old = db[mongo.REPORTS].find_one({"subscription_id": "sub_old"})
     assert report_expires_at(old, 90) == long_ago + timedelta(days=90)
 
     first = sweep(db, s3, bucket, now=now, days=90, page_size=1)
     assert (first.reports_expired, first.report_objects_deleted, first.delete_errors) == (2, 2, 0)
-    assert (first.intermediate_scanned, first.intermediate_deleted) == (3, 0)  # written just now
     assert keys(pipeline, "reports/") == {docs["sub_young"]["s3_key"]}
     statuses = {d["subscription_id"]: (d.get("status"), d.get("expired_at")) for d in db[mongo.REPORTS].find()}
     assert statuses == {"sub_old": ("expired", now), "sub_gone": ("expired", now), "sub_young": (None, None)}
 
-    # Eight days on, the step outputs are past their week; the expired reports are not touched again.
+    # Eight days on, the expired reports are not touched again.
     later = now + timedelta(days=8)
     second = sweep(db, s3, bucket, now=later, days=90, page_size=2)
     assert (second.reports_expired, second.report_objects_deleted) == (0, 0)
-    assert (second.intermediate_scanned, second.intermediate_deleted) == (3, 3) and not keys(pipeline, "dagster-io/")
     assert {d["expired_at"] for d in db[mongo.REPORTS].find({"status": "expired"})} == {now}
     # Expired records are out of reconciliation's scope: their missing objects are no drift.
     assert reconcile(db, s3, bucket, now=later).clean
@@ -104,14 +88,14 @@ def test_sweep_expires_only_old_reports_and_old_step_outputs_and_is_idempotent(p
 
 def resources(pipeline) -> dict:
     return {"mongo": MongoResource(uri=pipeline.env["MONGODB_URI"]),
-            "s3": S3Resource(bucket=pipeline.bucket, endpoint_url=pipeline.env["AWS_ENDPOINT_URL"]),
-            "report_settings": ReportSettingsResource(retention_days=90)}
+            "s3": S3Resource(bucket=pipeline.bucket, endpoint_url=pipeline.env["AWS_ENDPOINT_URL"])}
 
 
 def test_maintenance_assets_materialize_and_the_check_fails_on_unrepairable_drift(pipeline, instance):
     seed(pipeline.db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=2, now=NOW)
     store(pipeline, "sub_1")
-    assets = [report_retention, storage_reconciliation, storage_is_consistent]
+    maintenance = maintenance_definitions(Settings(retention_days=90))
+    assets = [*maintenance["assets"], *maintenance["asset_checks"]]
 
     result = materialize(assets, resources=resources(pipeline), instance=instance)
     assert result.success

@@ -7,12 +7,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
+import pytest
 from dagster import build_sensor_context
 from fastapi.testclient import TestClient
+from pymongo.errors import AutoReconnect
 
 from reporting_pipeline import mongo
 from reporting_pipeline.api import JwtSettings, create_app
 from reporting_pipeline.defs import sensors
+from reporting_pipeline.defs.resources import MongoResource
 from reporting_pipeline.demo import run_weekly_cycle
 from reporting_pipeline.seed import seed
 from reporting_pipeline.sharding import shard_of
@@ -60,10 +63,87 @@ def test_sensor_validates_pending_subscriptions_and_requests_one_first_report_ru
     shards = {shard_of(s, 8) for s in new}
     assert len(first.run_requests) == len(shards)  # one run per shard touched, not one per subscriber
     requested = sorted(s for r in first.run_requests
-                       for s in r.run_config["ops"]["fetched_records"]["config"]["subscription_ids"])
+                       for s in r.run_config["ops"]["build_reports"]["config"]["subscription_ids"])
     assert requested == sorted(new)
     assert {r.tags["report/week"] for r in first.run_requests} == {LAST_WEEK}
-    assert not tick(definitions, instance, first.cursor).run_requests  # nothing pending any more
+    # Until their runs exist the requests stand (the daemon launches a run key once); then they are done.
+    again = tick(definitions, instance, first.cursor)
+    assert sorted(r.run_key for r in again.run_requests) == sorted(r.run_key for r in first.run_requests)
+    run_requests(definitions, instance, first.run_requests)
+    assert not tick(definitions, instance, again.cursor).run_requests
+    assert {r["status"] for r in db["redrive_requests"].find()} == {"launched"}
+
+
+class FailingEnrollmentReads(MongoResource):
+    """MongoDB whose enrollment-change query fails once: a tick that dies after validating subscriptions."""
+
+    def get_db(self):
+        return _FailOnce(super().get_db())
+
+
+class _FailOnce:
+    failed = False
+
+    def __init__(self, db):
+        self._db = db
+
+    def __getitem__(self, name):
+        collection = self._db[name]
+        if name != mongo.ENROLLMENTS or _FailOnce.failed:
+            return collection
+
+        class Flaky:
+            def __getattr__(self, attr):
+                return getattr(collection, attr)
+
+            def find(self, query=None, *args, **kwargs):
+                if query and "$or" in query and not _FailOnce.failed:  # the sensor's change query
+                    _FailOnce.failed = True
+                    raise AutoReconnect("connection reset")
+                return collection.find(query, *args, **kwargs)
+
+        return Flaky()
+
+    def __getattr__(self, attr):
+        return getattr(self._db, attr)
+
+
+def test_a_tick_that_fails_after_validating_still_gets_the_first_reports_asked_for(pipeline, instance):
+    db = pipeline.db
+    seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=2, now=NOW)
+    enroll(db, "P-LATE")
+    late = subscribe(db, "TRIAL-CARDIO-01", "P-LATE")[0]["_id"]
+    definitions = pipeline.definitions()
+    sensor = definitions.resolve_sensor_def("subscription_sensor")
+    flaky = FailingEnrollmentReads(uri=pipeline.env["MONGODB_URI"])
+    with pytest.raises(Exception, match="connection reset"):
+        sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=definitions,
+                                                  resources={**definitions.resources, "mongo": flaky}))
+    # The next tick, with MongoDB back, asks for the first report of whoever was validated meanwhile.
+    result = tick(definitions, instance)
+    requested = [s for r in result.run_requests
+                 for s in r.run_config["ops"]["build_reports"]["config"]["subscription_ids"]]
+    assert late in requested
+    assert db[mongo.SUBSCRIPTIONS].find_one({"_id": late})["status"] == "active"
+
+
+def test_withdrawals_after_a_bulk_update_of_more_than_a_tick_are_followed(pipeline, instance):
+    db = pipeline.db
+    seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=3, weeks=1, now=NOW)
+    definitions = pipeline.definitions()
+    cursor = tick(definitions, instance).cursor
+    # One bulk update gives 2,500 enrollments the same timestamp: more than a tick reads.
+    same = datetime.now(UTC).replace(microsecond=0)
+    db[mongo.ENROLLMENTS].insert_many([{
+        "_id": f"enr-bulk-{n:05d}", "trial_id": "TRIAL-CARDIO-01", "participant_id": f"P-BULK{n:05d}",
+        "email": f"bulk{n}@example.org", "status": "active", "consent_electronic_reports": True,
+        "updated_at": same} for n in range(2500)])
+    leaver = db[mongo.SUBSCRIPTIONS].find_one({"_id": seeded.subscription_ids[0]})
+    db[mongo.ENROLLMENTS].update_one({"trial_id": leaver["trial_id"], "participant_id": leaver["participant_id"]},
+                                     {"$set": {"status": "withdrawn", "updated_at": same + timedelta(seconds=1)}})
+    for _ in range(4):
+        cursor = tick(definitions, instance, cursor).cursor
+    assert db[mongo.SUBSCRIPTIONS].find_one({"_id": leaver["_id"]})["status"] == "inactive"
 
 
 def test_sensor_work_per_tick_is_bounded_and_nothing_is_left_behind(pipeline, instance, monkeypatch):
@@ -76,13 +156,14 @@ def test_sensor_work_per_tick_is_bounded_and_nothing_is_left_behind(pipeline, in
         "updated_at": datetime.now(UTC)} for n in range(1000)])
     for n in range(1000):
         subscribe(db, "TRIAL-CARDIO-01", f"P-{n:05d}")
-    definitions, cursor, per_tick = pipeline.definitions(), None, []
+    definitions, cursor, per_tick, asked = pipeline.definitions(), None, [], set()
     while db[mongo.SUBSCRIPTIONS].count_documents({"status": "pending"}):
         before = db[mongo.SUBSCRIPTIONS].count_documents({"status": "active"})
         result = tick(definitions, instance, cursor)
         cursor = result.cursor
-        per_tick.append((db[mongo.SUBSCRIPTIONS].count_documents({"status": "active"}) - before,
-                         len(result.run_requests)))
+        new_runs = {r.run_key for r in result.run_requests} - asked  # the daemon launches a run key once
+        asked |= new_runs
+        per_tick.append((db[mongo.SUBSCRIPTIONS].count_documents({"status": "active"}) - before, len(new_runs)))
     print(f"\nsubscription sensor: 1000 new subscriptions validated in {len(per_tick)} ticks "
           f"(activated, runs requested per tick: {per_tick})")
     assert [a for a, _ in per_tick] == [400, 400, 200]

@@ -2,23 +2,23 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from .assets import aggregated_tables, fetched_records, report_deliveries, report_pdfs
+from .assets import AGGREGATED, DELIVERIES, FETCHED, PDFS
 
-# A run whose process died (pod evicted, OOM-killed) is retried from the failed steps by the daemon.
-# Step failures are not: step retry policies already had their go, and the redrive sensor takes over.
+# A run whose process died (pod evicted, OOM-killed) is retried by the daemon. Step failures are
+# not: step retry policies already had their go, and the redrive sensor takes over.
 RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE",
                   "dagster/retry_on_asset_or_op_failure": "false"}
 
 weekly_reports_job = define_asset_job(
     "weekly_reports_job",
-    selection=AssetSelection.assets(fetched_records, aggregated_tables, report_pdfs),
-    description="Fetch, aggregate, render and store the reports of one (week, shard).",
+    selection=AssetSelection.assets(FETCHED, AGGREGATED, PDFS),
+    description="Fetch, aggregate, render and store the reports of one (week, shard), in one streaming step.",
     tags=RUN_RETRY_TAGS,
 )
 
 report_delivery_job = define_asset_job(
     "report_delivery_job",
-    selection=AssetSelection.assets(report_deliveries),
+    selection=AssetSelection.assets(DELIVERIES),
     description="Email a link to every stored report of one (week, shard) that has not been emailed.",
     tags=RUN_RETRY_TAGS,
 )

@@ -1,4 +1,4 @@
-"""Resources: MongoDB, S3, SMTP and the report settings, each configured from environment variables."""
+"""Resources: the services the pipeline talks to (MongoDB, S3, SMTP), configured from `Settings`."""
 
 from __future__ import annotations
 
@@ -64,14 +64,3 @@ class SmtpResource(ConfigurableResource):
 
     def settings(self) -> SmtpSettings:
         return SmtpSettings(self.host, self.port, self.username, self.password, self.starttls, self.email_from)
-
-
-class ReportSettingsResource(ConfigurableResource):
-    """Per-deployment knobs of report building and delivery."""
-
-    link_ttl_hours: int = 72
-    batch_size: int = 50
-    retention_days: int = 90
-    worker_processes: int = 1  # per step: downloads, aggregation, rendering
-    delivery_lease_seconds: int = 900
-    unsubscribe_url: str = "http://localhost:8080/v1/unsubscribe"  # base of one-click links (the API)

@@ -1,0 +1,212 @@
+"""The report step: one (week, shard) streamed batch by batch through fetch -> aggregate -> render -> store.
+
+The seed design chains fetch, aggregation and PDF workers through queues. Here one process per run
+plays the queues' part: it queries MongoDB for batch N+1 (a fetch-ahead thread) while worker
+processes download, aggregate and render batch N, and it stores batch N-1 (S3 first, then MongoDB).
+Nothing a participant wrote or measured is written anywhere between the stages: the only outputs
+are the report objects and their `reports` records. A subscriber that fails at any stage becomes a
+dead letter naming the stage; everyone else in the batch goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+from pymongo.database import Database
+
+from . import mongo
+from .aggregate import aggregate_many
+from .dead_letters import carry, record_dead_letter, record_data_issues, resolve_dead_letters
+from .errors import Issue
+from .fetch import SubscriberWeek, iter_subscriber_batches, load_files
+from .objectstore import Encryption, make_client
+from .render import render_report
+from .retry import Backoff, Breaker, call_with_retry, captured, configure
+from .store import store_report
+from .weeks import Week
+from .workers import WorkerPool, lookahead
+
+BUILD_STAGES = ("fetch", "aggregate", "render", "store")
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """What a worker process needs to build reports (picklable: it travels with every chunk)."""
+
+    endpoint_url: str | None
+    region: str | None
+    bucket: str
+    week_timezone: str
+    backoff: Backoff = Backoff()
+
+
+@dataclass
+class Built:
+    """One subscriber's rendered report, with what was left out of it."""
+
+    subscription_id: str
+    week_key: str
+    shard_id: str
+    pdf: bytes
+    pages: int
+    files: int
+    has_data: bool
+    issues: list[Issue] = field(default_factory=list)
+
+
+@dataclass
+class Failed:
+    """One subscriber that could not be built, and the stage where it stopped."""
+
+    subscription_id: str
+    week_key: str
+    stage: str
+    error: BaseException
+
+
+_CLIENTS: dict[tuple, object] = {}
+
+
+def _s3(job: BuildJob):
+    """One S3 client per process (boto3 clients are thread-safe and costly to make)."""
+    key = (job.endpoint_url, job.region)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = make_client(job.endpoint_url, job.region)
+    return _CLIENTS[key]
+
+
+def build_chunk(job: BuildJob, bundles: list[SubscriberWeek]) -> list[Built | Failed]:
+    """Download, aggregate and render some subscribers (in a worker process); one result each, in order."""
+    configure(job.backoff)
+    loaded = load_files(_s3(job), job.bucket, bundles)
+    # One pandas pass for every subscriber whose files arrived.
+    aggregated = iter(aggregate_many([b for b in loaded if isinstance(b, SubscriberWeek)], job.week_timezone))
+    out: list[Built | Failed] = []
+    for bundle, item in zip(bundles, loaded):
+        def failed(stage: str, error: BaseException) -> Failed:
+            # Worker results cross back through pickle; many client errors do not.
+            return Failed(bundle.subscription_id, bundle.week_key, stage, carry(error))
+
+        if isinstance(item, BaseException):
+            out.append(failed("fetch", item))
+            continue
+        report = next(aggregated)
+        if isinstance(report, BaseException):
+            out.append(failed("aggregate", report))
+            continue
+        rendered = captured(render_report, report)
+        if isinstance(rendered, BaseException):
+            out.append(failed("render", rendered))
+            continue
+        pdf, pages = rendered
+        out.append(Built(bundle.subscription_id, bundle.week_key, bundle.shard_id, pdf, pages,
+                         files=len(bundle.files), has_data=report.has_data, issues=list(report.issues)))
+    return out
+
+
+@dataclass
+class ShardSummary:
+    """Counts of one run, per asset of the step. Counts only: no ids, nothing about anyone."""
+
+    subscribers: int = 0
+    records: int = 0
+    files: int = 0
+    fetch_issues: int = 0
+    fetch_failed: int = 0
+    aggregated: int = 0
+    aggregate_issues: int = 0
+    aggregate_failed: int = 0
+    rendered: int = 0
+    failed: int = 0  # render or store
+    pages: int = 0
+    bytes: int = 0
+    empty_weeks: int = 0
+    batches: int = 0
+    workers_started: bool = False
+
+    def fetched_metadata(self) -> dict:
+        return {"subscribers": self.subscribers, "records": self.records, "files": self.files,
+                "issues": self.fetch_issues, "failed": self.fetch_failed, "batches": self.batches}
+
+    def aggregated_metadata(self) -> dict:
+        return {"subscribers": self.aggregated, "issues": self.aggregate_issues, "failed": self.aggregate_failed}
+
+    def reports_metadata(self) -> dict:
+        return {"rendered": self.rendered, "failed": self.failed, "pages": self.pages, "bytes": self.bytes,
+                "empty_weeks": self.empty_weeks, "issues": self.fetch_issues + self.aggregate_issues}
+
+
+def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, results: list[Built | Failed],
+                  summary: ShardSummary, io_threads: int = 8) -> None:
+    """Store a built batch (I/O threads), record what failed and what was left out, count into `summary`."""
+    breaker = Breaker()
+    built = [r for r in results if isinstance(r, Built)]
+    # A first run has nothing stored: one query spares a HEAD request per report.
+    registered = {(d["subscription_id"], d["week"]) for d in call_with_retry(lambda: list(db[mongo.REPORTS].find(
+        {"subscription_id": {"$in": [r.subscription_id for r in built]},
+         "week": {"$in": sorted({r.week_key for r in built})}}, {"subscription_id": 1, "week": 1})))}
+
+    def store(item: Built):
+        call_with_retry(lambda: store_report(
+            db, s3, bucket, encryption, subscription_id=item.subscription_id, week_key=item.week_key,
+            shard_id=item.shard_id, pdf=item.pdf, pages=item.pages,
+            registered=(item.subscription_id, item.week_key) in registered))
+
+    with ThreadPoolExecutor(max(1, min(io_threads, len(built)))) as pool:
+        stored = dict(zip((id(r) for r in built), pool.map(partial(captured, store), built)))
+
+    for result in results:
+        if isinstance(result, Built):
+            summary.files += result.files
+            summary.fetch_issues += sum(1 for i in result.issues if i.stage == "fetch")
+            summary.aggregate_issues += sum(1 for i in result.issues if i.stage != "fetch")
+            summary.aggregated += 1
+            if result.issues:
+                record_data_issues(db, subscription_id=result.subscription_id, week=result.week_key,
+                                   issues=result.issues)
+            stage, error = "store", stored[id(result)]
+        else:
+            stage, error = result.stage, result.error
+            summary.fetch_failed += stage == "fetch"
+            summary.aggregate_failed += stage == "aggregate"
+            summary.aggregated += stage in ("render",)
+        if error is not None:
+            record_dead_letter(db, subscription_id=result.subscription_id, week=result.week_key, stage=stage,
+                               error=error)
+            summary.failed += stage in ("render", "store")
+            breaker.failed(error)  # an outage, not the data: fail the step, let retries take the shard
+            continue
+        breaker.succeeded()
+        resolve_dead_letters(db, subscription_id=result.subscription_id, week=result.week_key, stages=BUILD_STAGES)
+        summary.rendered += 1
+        summary.pages += result.pages
+        summary.bytes += len(result.pdf)
+        summary.empty_weeks += 0 if result.has_data else 1
+
+
+def build_shard(
+    db: Database, s3, encryption: Encryption, job: BuildJob, *, week: Week, shard_id: str, shard_count: int,
+    batch_size: int, workers: int, only: list[str] | None = None,
+    progress: Callable[[ShardSummary], None] = lambda summary: None,
+) -> ShardSummary:
+    """Build and store the reports of one (week, shard), or of `only` those of its subscribers."""
+    summary = ShardSummary()
+    build = partial(build_chunk, job)
+
+    def begin(batch: list[SubscriberWeek]):
+        summary.subscribers += len(batch)
+        summary.records += sum(len(b.records) for b in batch)
+        summary.batches += 1
+        return pool.start(build, batch)
+
+    # Workers start only once a full batch arrives: a shard that fits in one batch is built here.
+    with WorkerPool(workers, min_items=batch_size) as pool:
+        for _batch, pending in lookahead(iter_subscriber_batches(db, week, shard_id, shard_count, batch_size, only),
+                                         begin):
+            publish_batch(db, s3, job.bucket, encryption, pending.results(), summary)
+            progress(summary)
+        summary.workers_started = pool.started
+    return summary

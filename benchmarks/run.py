@@ -121,7 +121,6 @@ def remote_services(work: Path):
             "REPORTS_BUCKET": "clinical-reports",
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.wait_ready_line(30)),
             "EMAIL_FROM": "reports@trial-reports.example.org",
-            "IO_MANAGER_BASE_DIR": str(work / "io"),
         }
         wait_http(env["AWS_ENDPOINT_URL"], s3, 30)
         with patched_env(env):
@@ -182,7 +181,11 @@ def replicate(db, s3, bucket: str, copies: int) -> None:
 
 
 def shard_run(subscribers: int) -> dict:
-    """Seed `subscribers` into one shard, then run the report and delivery jobs through Dagster."""
+    """Seed `subscribers` into one shard, then run the report and delivery jobs through Dagster.
+
+    Runs in a fresh process, so the figures include everything a run pays for in production: the
+    forkserver's imports and the workers' start (`children` CPU), not only the per-report work.
+    """
     os.environ["REPORT_SHARDS"] = "1"
     os.environ.setdefault("REPORT_STEP_RETRY_DELAY_SECONDS", "1")
     import tempfile
@@ -198,9 +201,10 @@ def shard_run(subscribers: int) -> dict:
         t = time.perf_counter()
         s3 = make_client(env["AWS_ENDPOINT_URL"])
         unit = min(subscribers, SEED_UNIT)
-        if subscribers % unit:
+        if unit and subscribers % unit:
             raise SystemExit(f"sizes above {SEED_UNIT} must be multiples of it")
-        seed(db, s3, env["REPORTS_BUCKET"], Encryption(), subscribers=unit, weeks=2, now=NOW)
+        if unit:  # 0: an empty shard, for what a run costs before its first subscriber
+            seed(db, s3, env["REPORTS_BUCKET"], Encryption(), subscribers=unit, weeks=2, now=NOW)
         if subscribers > unit:
             replicate(db, s3, env["REPORTS_BUCKET"], subscribers // unit - 1)
         seed_seconds = time.perf_counter() - t
@@ -224,6 +228,13 @@ def shard_run(subscribers: int) -> dict:
             return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                        for f in ("ru_utime", "ru_stime"))
 
+        def stop_forkserver():
+            # Workers are forked by the forkserver, which reaps them; stopping and reaping it here brings
+            # its CPU and theirs into RUSAGE_CHILDREN (multiprocessing has no public call for this).
+            from multiprocessing import forkserver
+
+            forkserver._forkserver._stop()
+
         cpu_before = cpu_seconds()
         with DagsterInstance.ephemeral() as instance:
             launched = time.time()
@@ -237,13 +248,17 @@ def shard_run(subscribers: int) -> dict:
             deliver_seconds = time.perf_counter() - t
             starts = {e.step_key: e.timestamp for e in instance.all_logs(
                 result.run_id, of_type=DagsterEventType.STEP_START)}
-            first_batch = min(e.timestamp for e in instance.all_logs(result.run_id)
-                              if e.user_message.startswith("fetched "))
+            first_batch = min((e.timestamp for e in instance.all_logs(result.run_id)
+                               if "subscribers fetched" in e.user_message), default=float("nan"))
             steps = {}
             for run_id in (result.run_id, delivery.run_id):
                 began = {e.step_key: e.timestamp for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)}
                 for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS):
                     steps[e.step_key] = round(e.timestamp - began[e.step_key], 2)
+        from reporting_pipeline.demo import materialization_metadata
+
+        materialized = materialization_metadata(result, "report_pdfs")
+        stop_forkserver()
         peak = _vm("VmHWM")
         run_cpu = cpu_seconds() - cpu_before
         worker_peak = workers.stop()
@@ -265,15 +280,45 @@ def shard_run(subscribers: int) -> dict:
             "step_seconds": steps,
             # CPU of the run and its workers (not of the S3/SMTP stand-ins): what a pod would need per report.
             "run_cpu_ms_per_report": round(1000 * run_cpu / max(reports, 1), 1),
-            "launch_to_first_step_s": round(starts["fetched_records"] - launched, 3),
+            "launch_to_first_step_s": round(starts["build_reports"] - launched, 3),
+            "run_cpu_s": round(run_cpu, 2),
+            "workers_started": bool(materialized.get("workers_started")),
             "launch_to_first_subscriber_s": round(first_batch - launched, 3),
         }
 
 
-def in_subprocess(subscribers: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one-shard", str(subscribers)], capture_output=True,
+def pool_start(workers: int) -> dict:
+    """CPU and wall time to start a run's worker pool and have every worker answer once (fresh process)."""
+    import resource
+    from multiprocessing import forkserver
+
+    from reporting_pipeline.workers import WorkerPool
+
+    def cpu():
+        return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+
+    before, started = cpu(), time.perf_counter()
+    with WorkerPool(workers) as pool:
+        pool.map(len_each, [[]] * (4 * workers))
+    wall = time.perf_counter() - started
+    forkserver._forkserver._stop()  # reap it: its CPU and its workers' come into RUSAGE_CHILDREN
+    return {"workers": workers, "cpu_s": round(cpu() - before, 3), "wall_s": round(wall, 3)}
+
+
+def len_each(items: list) -> list:
+    return [len(item) for item in items]
+
+
+def in_subprocess(subscribers: int, option: str = "--one-shard") -> dict:
+    out = subprocess.run([sys.executable, __file__, option, str(subscribers)], capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_of(rounds: int, run, key: str) -> dict:
+    results = sorted((run() for _ in range(rounds)), key=lambda r: r[key])
+    return {**results[len(results) // 2], "rounds": [r[key] for r in results]}
 
 
 def main() -> None:
@@ -281,9 +326,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--one-shard", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pool-start", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one_shard:
+    if args.one_shard is not None:
         print(json.dumps(shard_run(args.one_shard)))
+        return
+    if args.pool_start:
+        print(json.dumps(pool_start(args.pool_start)))
         return
     sizes = [50, 200] if args.quick else args.sizes
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -296,13 +345,39 @@ def main() -> None:
     results["render_limit"] = {**limits[len(limits) // 2], "rounds": [r["reports_per_s_per_core"] for r in limits]}
     per_core = results["render_limit"]["reports_per_s_per_core"]
     print(f"render limit: {per_core} reports/s per core", flush=True)
+    render_cpu_ms = 1000 / per_core  # the renderer runs on one core: its wall time is its CPU time
+    cores = os.cpu_count() or 1
+
+    def ratios(point: dict) -> dict:
+        return {"ratio_to_render_limit": round(point["reports_per_s"] / per_core, 2),
+                "ratio_to_render_limit_all_cores": round(point["reports_per_s"] / (per_core * cores), 2),
+                "cpu_ratio_to_render": round(point["run_cpu_ms_per_report"] / render_cpu_ms, 2)}
+
+    # What every run pays before its first report: Dagster's run in-process on an empty shard, and
+    # the worker pool's start (forkserver imports, forks), each in a fresh process.
+    empty = median_of(rounds, lambda: in_subprocess(0), "run_cpu_s")
+    pool = median_of(rounds, lambda: in_subprocess(cores, "--pool-start"), "cpu_s")
+    results["fixed_cost"] = {"empty_run_cpu_s": empty["run_cpu_s"], "empty_run_rounds": empty["rounds"],
+                             "empty_run_wall_s": empty["wall_seconds"], "pool_start_cpu_s": pool["cpu_s"],
+                             "pool_start_wall_s": pool["wall_s"], "pool_start_rounds": pool["rounds"],
+                             "workers": pool["workers"],
+                             "total_cpu_s": round(empty["run_cpu_s"] + pool["cpu_s"], 2)}
+    print(f"fixed cost: empty run {empty['run_cpu_s']} CPU-s, pool start {pool['cpu_s']} CPU-s", flush=True)
     e2e_size = 100 if args.quick else 500
-    runs = sorted((in_subprocess(e2e_size) for _ in range(rounds)), key=lambda r: r["reports_per_s"])
-    e2e = {**runs[len(runs) // 2], "rounds": [r["reports_per_s"] for r in runs]}
-    e2e["ratio_to_render_limit"] = round(e2e["reports_per_s"] / per_core, 2)
-    e2e["ratio_to_render_limit_all_cores"] = round(e2e["reports_per_s"] / (per_core * (os.cpu_count() or 1)), 2)
+    e2e = median_of(rounds, lambda: in_subprocess(e2e_size), "reports_per_s")
+    e2e.update(ratios(e2e))
     results["end_to_end"] = e2e
-    print(f"end to end ({e2e_size}): {e2e['reports_per_s']} reports/s, ratio {e2e['ratio_to_render_limit']}", flush=True)
+    print(f"end to end ({e2e_size}): {e2e['reports_per_s']} reports/s, ratio {e2e['ratio_to_render_limit']}, "
+          f"all cores {e2e['ratio_to_render_limit_all_cores']}, CPU {e2e['cpu_ratio_to_render']}x render", flush=True)
+    results["small_shards"] = []
+    for n in (50, 100):
+        point = median_of(rounds, lambda: in_subprocess(n), "reports_per_s")
+        point.update(ratios(point))
+        results["small_shards"].append(point)
+        print(f"small shard ({n}): {point['reports_per_s']} reports/s, {point['run_cpu_ms_per_report']} CPU-ms/report, "
+              f"workers started: {point['workers_started']}", flush=True)
+    results["ratio_to_render_limit_all_cores"] = e2e["ratio_to_render_limit_all_cores"]
+    results["cpu_ratio_to_render"] = e2e["cpu_ratio_to_render"]
     results["scale"] = []
     for n in sizes:
         point = in_subprocess(n)
@@ -318,6 +393,12 @@ def main() -> None:
     print(f"{'end to end (reports/s)':34} {e2e['reports_per_s']:>14}")
     print(f"{'end to end / render limit':34} {e2e['ratio_to_render_limit']:>14}")
     print(f"{'end to end / (limit x cores)':34} {e2e['ratio_to_render_limit_all_cores']:>14}")
+    print(f"{'run CPU / render CPU per report':34} {e2e['cpu_ratio_to_render']:>14}")
+    print(f"{'fixed cost: empty run (CPU-s)':34} {results['fixed_cost']['empty_run_cpu_s']:>14}")
+    print(f"{'fixed cost: pool start (CPU-s)':34} {results['fixed_cost']['pool_start_cpu_s']:>14}")
+    for p in results["small_shards"]:
+        print(f"{'shard ' + str(p['subscribers']) + ' reports/s':34} {p['reports_per_s']:>14}")
+        print(f"{'shard ' + str(p['subscribers']) + ' run CPU (ms/report)':34} {p['run_cpu_ms_per_report']:>14}")
     for p in results["scale"]:
         print(f"{'scale ' + str(p['subscribers']) + ' wall (s)':34} {p['wall_seconds']:>14}")
         print(f"{'scale ' + str(p['subscribers']) + ' reports/s':34} {p['reports_per_s']:>14}")

@@ -142,5 +142,6 @@ def run_demo(subscribers: int, out: Path, now: datetime | None = None, progress=
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress(f"week {summary['week']}: {summary['reports_rendered']} reports rendered, "
-             f"{summary['emails_sent']} emails sent, {summary['failures']} failures -> {out}/")
+             f"{summary['emails_sent']} emails sent, {summary['failures']} failures -> {out}/ "
+             f"({summary['seconds']} s)")
     return summary

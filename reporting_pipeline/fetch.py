@@ -128,6 +128,14 @@ def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_si
     return db[mongo.SUBSCRIPTIONS].find(query).sort("_id", 1).batch_size(batch_size)
 
 
+def count_subscriptions(db: Database, shard_id: str, shard_count: int, only: list[str] | None = None) -> int:
+    """How many subscribers `active_subscriptions` will yield (through the same index)."""
+    query = {"status": "active", **shard_filter(shard_id, shard_count)}
+    if only:
+        query["_id"] = {"$in": list(only)}
+    return call_with_retry(lambda: db[mongo.SUBSCRIPTIONS].count_documents(query))
+
+
 def download_files(s3, bucket: str, metas: list[dict]) -> list[FileItem | Exception]:
     """Each file's bytes, or its error; on I/O threads (boto3 clients are thread-safe), each retried on its own."""
     if not metas:

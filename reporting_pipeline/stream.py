@@ -21,7 +21,7 @@ from . import mongo
 from .aggregate import aggregate_many
 from .dead_letters import carry, record_dead_letter, record_data_issues, resolve_dead_letters
 from .errors import Issue
-from .fetch import SubscriberWeek, iter_subscriber_batches, load_files
+from .fetch import SubscriberWeek, count_subscriptions, iter_subscriber_batches, load_files
 from .objectstore import Encryption, make_client
 from .render import render_report
 from .retry import Backoff, Breaker, call_with_retry, captured, configure
@@ -195,6 +195,7 @@ def build_shard(
     """Build and store the reports of one (week, shard), or of `only` those of its subscribers."""
     summary = ShardSummary()
     build = partial(build_chunk, job)
+    _CLIENTS.setdefault((job.endpoint_url, job.region), s3)  # batches built here use the run's own client
 
     def begin(batch: list[SubscriberWeek]):
         summary.subscribers += len(batch)
@@ -202,8 +203,11 @@ def build_shard(
         summary.batches += 1
         return pool.start(build, batch)
 
-    # Workers start only once a full batch arrives: a shard that fits in one batch is built here.
-    with WorkerPool(workers, min_items=batch_size) as pool:
+    # A shard that fits in one batch is built in this process: starting workers would cost more CPU
+    # (about a second and a half for the forkserver's imports) than they could save.
+    if count_subscriptions(db, shard_id, shard_count, only) <= batch_size:
+        workers = 1
+    with WorkerPool(workers) as pool:
         for _batch, pending in lookahead(iter_subscriber_batches(db, week, shard_id, shard_count, batch_size, only),
                                          begin):
             publish_batch(db, s3, job.bucket, encryption, pending.results(), summary)

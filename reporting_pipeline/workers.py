@@ -96,13 +96,11 @@ def _context():
 class WorkerPool:
     """`workers` worker processes, started when a batch first needs them and shared by all later batches.
 
-    `workers=1` runs everything in this process; so does any batch before the pool has started that
-    has fewer than `min_items` items (a small shard never pays for starting workers).
+    `workers=1`, or a batch too small to be worth shipping, runs in this process.
     """
 
-    def __init__(self, workers: int = 1, min_items: int = 2):
+    def __init__(self, workers: int = 1):
         self.workers = max(1, workers)
-        self.min_items = max(2 * self.workers, min_items)
         self._pool: ProcessPoolExecutor | None = None
 
     @property
@@ -117,7 +115,7 @@ class WorkerPool:
 
     def start(self, fn: Callable[[Sequence], list], items: Sequence) -> Pending:
         """Begin the chunk function `fn` on `items`; `fn` must be picklable (a module function or a partial of one)."""
-        if self.workers == 1 or len(items) < (2 if self.started else self.min_items):
+        if self.workers == 1 or len(items) < 2 * self.workers:
             return Pending(fn, items)
         # Two chunks per worker: enough to even out the workers, few enough for a vectorized `fn` to pay off.
         size = max(1, -(-len(items) // (self.workers * 2)))

@@ -17,7 +17,7 @@ class FaultyS3Server:
     """moto's S3 behind a WSGI layer that answers 500/503 to a share of object requests (or to those `fail_if` picks)."""
 
     def __init__(self, fail_ratio: float = 0.0, seed: int = 1, fail_if=None):
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
 
         self.fail_ratio = fail_ratio
         self.fail_if = fail_if  # (method, path) -> bool: fail exactly these requests while enabled
@@ -26,7 +26,7 @@ class FaultyS3Server:
         self.lock = threading.Lock()
         self.requests: Counter = Counter()
         self.injected = 0
-        self.app = DomainDispatcherApplication(create_backend_app)
+        self.app = create_backend_app("s3")
         self.port = free_port()
         self.server = make_server("127.0.0.1", self.port, self._wsgi, threaded=True, request_handler=MotoRequestHandler)
         self.endpoint_url = f"http://127.0.0.1:{self.port}"

@@ -6,6 +6,7 @@ lease before sending and marked sent afterwards, so a retried or doubled run nev
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import re
 import smtplib
@@ -13,7 +14,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, getaddresses, parseaddr
 from itertools import batched
 
 from pymongo.database import Database
@@ -30,6 +31,13 @@ from .retain import report_expires_at
 from .weeks import Week
 
 SUBJECT = "Your weekly report is ready"
+# How messages go on the wire: CRLF line ends, headers folded only past RFC 5322's 998-character line
+# limit. At the default 78, Python "folds" a long URL in List-Unsubscribe (it has no whitespace to fold
+# at) into RFC 2047 encoded-words, which RFC 2369 does not allow and receivers do not decode there.
+MAX_LINE_LENGTH = 998
+WIRE_POLICY = email.policy.SMTP.clone(max_line_length=MAX_LINE_LENGTH)
+# Printable ASCII but the angle brackets that delimit the URI in List-Unsubscribe.
+_HEADER_URI_RE = re.compile(r"[!-;=?-~]+")
 # Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
 _EMAIL_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
@@ -80,11 +88,21 @@ def message_id(subscription_id: str, week_key: str, email_from: str) -> str:
     return f"<report-{token}@{domain}>"
 
 
+def list_unsubscribe(url: str) -> str:
+    """The List-Unsubscribe value `<url>`, refused unless it goes on the wire verbatim on one line."""
+    value = f"<{url}>"
+    # Anything else would come out as encoded-words ("=?" in the URL would even be decoded as one).
+    if not _HEADER_URI_RE.fullmatch(url) or "=?" in url or len(f"List-Unsubscribe: {value}") > MAX_LINE_LENGTH:
+        raise ValueError("unsubscribe URL must be printable ASCII without spaces, '<', '>' or '=?', "
+                         f"and fit on one {MAX_LINE_LENGTH}-character header line")
+    return value
+
+
 def compose_email(
     *, to: str, email_from: str, link: str, expires_at: datetime, week: Week, msg_id: str, unsubscribe_url: str
 ) -> EmailMessage:
     """The notification: a greeting, the link and its expiry. No health data, no trial name."""
-    message = EmailMessage()
+    message = EmailMessage(policy=WIRE_POLICY)
     message["Subject"] = SUBJECT
     message["From"] = email_from
     message["To"] = to
@@ -92,7 +110,7 @@ def compose_email(
     message["Message-ID"] = msg_id
     expiry = expires_at.astimezone(UTC).strftime("%d %b %Y at %H:%M UTC")
     # RFC 8058 one-click unsubscribe: mail clients show an Unsubscribe button that POSTs to the URL.
-    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    message["List-Unsubscribe"] = list_unsubscribe(unsubscribe_url)
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(
         "Hello,\n\n"
@@ -102,6 +120,18 @@ def compose_email(
         f"To stop receiving these emails, unsubscribe here:\n{unsubscribe_url}\n"
     )
     return message
+
+
+def wire_bytes(message: EmailMessage) -> bytes:
+    """The message as sent: any message (an alert composed elsewhere too) gets the wire policy's headers."""
+    return message.as_bytes(policy=WIRE_POLICY)
+
+
+def envelope_of(message: EmailMessage) -> tuple[str, list[str]]:
+    """SMTP sender and recipients from From and To (our messages have no Cc or Bcc)."""
+    sender = parseaddr(str(message["From"]))[1]
+    recipients = [address for _, address in getaddresses([str(v) for v in message.get_all("To", [])])]
+    return sender, recipients
 
 
 class SmtpSession:
@@ -121,13 +151,16 @@ class SmtpSession:
         return smtp
 
     def send(self, message: EmailMessage) -> None:
+        """Send the message as exactly the bytes of `wire_bytes`."""
+        data = wire_bytes(message)
+        sender, recipients = envelope_of(message)
         if self._smtp is None:
             self._smtp = self._connect()
         try:
-            self._smtp.send_message(message)
+            self._smtp.sendmail(sender, recipients, data)
         except smtplib.SMTPServerDisconnected:
             self._smtp = self._connect()
-            self._smtp.send_message(message)
+            self._smtp.sendmail(sender, recipients, data)
 
     def close(self) -> None:
         if self._smtp is not None:

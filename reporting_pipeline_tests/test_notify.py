@@ -1,14 +1,18 @@
+import re
 from datetime import UTC, datetime, timedelta
-from email import message_from_string
+from email import message_from_bytes, message_from_string
 from email.policy import default as default_policy
+from email.utils import parsedate_to_datetime
 
 import mongomock
 import pytest
 
 from reporting_pipeline import mongo
+from reporting_pipeline.embedded import Outbox, SmtpServer
 from reporting_pipeline.errors import InvalidEmailAddress
 from reporting_pipeline.notify import (
-    SUBJECT, claim_delivery, complete_delivery, compose_email, link_ttl, message_id, release_delivery, validate_email,
+    SUBJECT, SmtpSession, SmtpSettings, claim_delivery, complete_delivery, compose_alert, compose_email, link_ttl,
+    message_id, release_delivery, validate_email,
 )
 from reporting_pipeline.weeks import Week
 
@@ -48,6 +52,91 @@ def test_email_carries_link_and_expiry_but_no_health_data():
     assert "https://u" in body
     assert parsed["Message-ID"] == message_id("sub_1", week.key, "reports@example.org")
     assert parsed["Message-ID"].endswith("@example.org>")
+
+
+WEEK = Week.from_key("2026-11-16", "UTC")
+SENDER = "reports@trial-reports.example.org"
+# A pre-signed S3 link as boto3 makes them: long, with '&' and '=' that HTML and QP must not mangle.
+LINK = ("https://s3.eu-west-1.amazonaws.com/clinical-reports/reports/2026-11-16/s07/sub_1.pdf"
+        "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20261128%2Feu-west-1%2Fs3%2Faws4_request"
+        "&X-Amz-Date=20261128T120000Z&X-Amz-Expires=259200&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=" + "5d" * 32)
+# Longer than 78 characters with no whitespace: what used to come out as encoded-words.
+UNSUBSCRIBE = "https://api.trial-reports.example.org/v1/unsubscribe/" + "Zm9vYmFyLWJhei1xdXV4LXRva2VuLTQzLWNoYXJzXw"
+
+
+def report_email(to="a@example.org", unsubscribe_url=UNSUBSCRIBE, link=LINK):
+    return compose_email(to=to, email_from=SENDER, link=link, expires_at=datetime(2026, 11, 30, 9, 0, tzinfo=UTC),
+                         week=WEEK, msg_id=message_id("sub_1", WEEK.key, SENDER), unsubscribe_url=unsubscribe_url)
+
+
+@pytest.fixture
+def smtp_server():
+    with SmtpServer(Outbox()) as server:
+        yield server
+
+
+def received_bytes(server, *messages, **settings) -> list[bytes]:
+    """Send through a real SMTP server and return what it received, byte for byte."""
+    with SmtpSession(SmtpSettings("127.0.0.1", server.port, **settings)) as session:
+        for message in messages:
+            session.send(message)
+    return server.handler.raw
+
+
+def raw_headers(raw: bytes) -> dict[str, list[bytes]]:
+    """Header fields as a receiving server reads them: unfolded, nothing decoded."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    fields = {}
+    for line in re.sub(rb"\r\n(?=[ \t])", b"", head).split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        fields.setdefault(name.decode().lower(), []).append(value.strip())
+    return fields
+
+
+def assert_wire_format(raw: bytes):
+    assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r"), "CRLF line ends only"
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+@pytest.mark.parametrize("unsubscribe_url", [UNSUBSCRIBE, "https://api.example.org/v1/unsubscribe/" + "t" * 900])
+def test_list_unsubscribe_reaches_the_server_as_a_plain_uri(smtp_server, unsubscribe_url):
+    [raw] = received_bytes(smtp_server, report_email(unsubscribe_url=unsubscribe_url))
+    assert_wire_format(raw)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert f"\r\nList-Unsubscribe: <{unsubscribe_url}>\r\n".encode() in raw  # unencoded, on one line
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
+    assert b"=?" not in head  # no RFC 2047 encoded-word in any header
+    fields = raw_headers(raw)
+    assert fields["list-unsubscribe"] == [f"<{unsubscribe_url}>".encode()]
+    assert fields["subject"] == [SUBJECT.encode()]
+    assert fields["from"] == [SENDER.encode()] and fields["to"] == [b"a@example.org"]
+    assert fields["message-id"] == [message_id("sub_1", WEEK.key, SENDER).encode()]
+    assert fields["mime-version"] == [b"1.0"]
+    [date] = fields["date"]
+    assert re.fullmatch(rb"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} \+0000", date)
+    assert abs(parsedate_to_datetime(date.decode()) - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("url", [
+    "https://api.example.org/v1/unsubscribe/a b", "https://api.example.org/v1/unsubscribe/\u00e9",
+    "https://api.example.org/v1/unsubscribe/a>b", "https://api.example.org/=?utf-8?q?x?=",
+    "https://api.example.org/" + "t" * 980,
+])
+def test_an_unsubscribe_url_that_cannot_go_out_verbatim_is_refused(url):
+    with pytest.raises(ValueError, match="unsubscribe URL"):
+        report_email(unsubscribe_url=url)
+
+
+def test_an_alert_composed_elsewhere_goes_out_in_wire_format(smtp_server):
+    # A subject token too long to fold at 78 characters, and two operators to reach.
+    alert = compose_alert(to="ops@example.org, oncall@example.org", email_from=SENDER, job="report_delivery_job",
+                          partition="2026-11-16|s07-" + "x" * 90, run_id="r1", attempts=3, reason="boom",
+                          ui_url="https://dagster.example.org")
+    [raw] = received_bytes(smtp_server, alert)
+    assert_wire_format(raw)
+    assert b"=?" not in raw.split(b"\r\n\r\n", 1)[0]
+    assert smtp_server.handler.envelopes == [(SENDER, ["ops@example.org", "oncall@example.org"])]
 
 
 def test_claim_is_exclusive_until_the_lease_expires_and_final_once_sent():

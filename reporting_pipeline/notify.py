@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, parseaddr
+from functools import partial
+from html import escape
 from itertools import batched
 
 from pymongo.database import Database
@@ -101,7 +103,8 @@ def list_unsubscribe(url: str) -> str:
 def compose_email(
     *, to: str, email_from: str, link: str, expires_at: datetime, week: Week, msg_id: str, unsubscribe_url: str
 ) -> EmailMessage:
-    """The notification: a greeting, the link and its expiry. No health data, no trial name."""
+    """The notification, as plain text and as HTML: a greeting, the link and its expiry. No health data,
+    no trial name."""
     message = EmailMessage(policy=WIRE_POLICY)
     message["Subject"] = SUBJECT
     message["From"] = email_from
@@ -112,14 +115,35 @@ def compose_email(
     # RFC 8058 one-click unsubscribe: mail clients show an Unsubscribe button that POSTs to the URL.
     message["List-Unsubscribe"] = list_unsubscribe(unsubscribe_url)
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(
+    message.set_content(_plain_body(week.label(), link, expiry, unsubscribe_url))
+    message.add_alternative(_html_body(week.label(), link, expiry, unsubscribe_url), subtype="html")
+    return message
+
+
+def _plain_body(week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
+    # The link stays on the line after "Download it here": the demo and the outbox reader look for it there.
+    return (
         "Hello,\n\n"
-        f"Your weekly report for the week of {week.label()} is ready.\n\n"
+        f"Your weekly report for the week of {week_label} is ready.\n\n"
         f"Download it here (the link expires on {expiry}):\n{link}\n\n"
         "The link is personal; please do not forward this email.\n\n"
         f"To stop receiving these emails, unsubscribe here:\n{unsubscribe_url}\n"
     )
-    return message
+
+
+def _html_body(week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
+    """The same text as HTML: no images, scripts or styles to fetch, so nothing tracks the reader."""
+    e = partial(escape, quote=True)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{e(SUBJECT)}</title>\n</head>\n<body>\n"
+        "<p>Hello,</p>\n"
+        f"<p>Your weekly report for the week of {e(week_label)} is ready.</p>\n"
+        f'<p><a href="{e(link)}">Download your report</a> (the link expires on {e(expiry)}).</p>\n'
+        "<p>The link is personal; please do not forward this email.</p>\n"
+        f'<p>To stop receiving these emails, <a href="{e(unsubscribe_url)}">unsubscribe here</a>.</p>\n'
+        "</body>\n</html>\n"
+    )
 
 
 def wire_bytes(message: EmailMessage) -> bytes:

@@ -3,6 +3,7 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, message_from_string
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
+from html.parser import HTMLParser
 
 import mongomock
 import pytest
@@ -137,6 +138,42 @@ def test_an_alert_composed_elsewhere_goes_out_in_wire_format(smtp_server):
     assert_wire_format(raw)
     assert b"=?" not in raw.split(b"\r\n\r\n", 1)[0]
     assert smtp_server.handler.envelopes == [(SENDER, ["ops@example.org", "oncall@example.org"])]
+
+
+class HtmlOutline(HTMLParser):
+    """What a mail client acts on in an HTML part: its tags, link targets and language."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags, self.hrefs, self.lang = [], [], None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "a":
+            self.hrefs.append(attrs.get("href"))
+        if tag == "html":
+            self.lang = attrs.get("lang")
+
+
+def test_the_email_is_plain_text_with_an_html_alternative_carrying_the_same_links(smtp_server):
+    [raw] = received_bytes(smtp_server, report_email())
+    assert_wire_format(raw)
+    message = message_from_bytes(raw, policy=default_policy)
+    # Clients show the last alternative they can render, so plain text must come first.
+    assert message.get_content_type() == "multipart/alternative"
+    assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
+    plain = message.get_body(("plain",)).get_content()
+    assert re.search(r"Download it here[^\n]*\n(\S+)", plain).group(1) == LINK
+    html = message.get_body(("html",)).get_content()
+    outline = HtmlOutline(html)
+    assert outline.hrefs == [LINK, UNSUBSCRIBE]  # '&' escaped as '&amp;' in the source reads back exactly
+    assert "&amp;X-Amz-Signature=" in html
+    assert outline.lang == "en"
+    # Nothing fetched on opening: no images (tracking pixels), scripts, frames or stylesheets.
+    assert not {"img", "script", "iframe", "link", "object", "embed", "style"} & set(outline.tags)
+    assert "30 Nov 2026 at 09:00 UTC" in html and "16 Nov 2026" in html
 
 
 def test_claim_is_exclusive_until_the_lease_expires_and_final_once_sent():

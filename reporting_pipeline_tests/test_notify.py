@@ -1,3 +1,4 @@
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, message_from_string
@@ -5,10 +6,14 @@ from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 
+import dkim
 import mongomock
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from reporting_pipeline import mongo
+from reporting_pipeline.dkim_sign import DkimConfigError, load_dkim_key
 from reporting_pipeline.embedded import Outbox, SmtpServer
 from reporting_pipeline.errors import InvalidEmailAddress
 from reporting_pipeline.notify import (
@@ -174,6 +179,97 @@ def test_the_email_is_plain_text_with_an_html_alternative_carrying_the_same_link
     # Nothing fetched on opening: no images (tracking pixels), scripts, frames or stylesheets.
     assert not {"img", "script", "iframe", "link", "object", "embed", "style"} & set(outline.tags)
     assert "30 Nov 2026 at 09:00 UTC" in html and "16 Nov 2026" in html
+
+
+SELECTOR, DKIM_DOMAIN = "mail2026", "trial-reports.example.org"
+
+
+@pytest.fixture(scope="module")
+def dkim_key() -> tuple[str, bytes]:
+    """A fresh RSA key as PEM text, and the TXT record that would publish its public half."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    public = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def dns_publishing(txt: bytes):
+    """A DNS lookup answering only the selector's TXT record, as the receiver's resolver would."""
+    def lookup(name: bytes, timeout=5):
+        return txt if name == f"{SELECTOR}._domainkey.{DKIM_DOMAIN}.".encode() else None
+    return lookup
+
+
+def dkim_tags(raw: bytes) -> dict[str, str]:
+    [value] = raw_headers(raw)["dkim-signature"]
+    tags = (tag.split("=", 1) for tag in value.decode().split(";") if tag.strip())
+    return {name.strip(): re.sub(r"\s+", "", val) for name, val in tags}
+
+
+@pytest.mark.parametrize("key_as", ["pem", "path"])
+def test_signed_email_verifies_as_received_and_covers_the_unsubscribe_headers(smtp_server, dkim_key, tmp_path,
+                                                                                key_as):
+    pem, txt = dkim_key
+    if key_as == "path":
+        (tmp_path / "dkim.pem").write_text(pem)
+    key = pem if key_as == "pem" else str(tmp_path / "dkim.pem")
+    [raw] = received_bytes(smtp_server, report_email(),
+                           dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=key)
+    assert_wire_format(raw)
+    assert dkim.verify(raw, dnsfunc=dns_publishing(txt))
+    tags = dkim_tags(raw)
+    assert (tags["d"], tags["s"], tags["c"], tags["a"]) == (DKIM_DOMAIN, SELECTOR, "relaxed/relaxed", "rsa-sha256")
+    assert {"from", "to", "subject", "date", "message-id", "mime-version", "content-type",
+            "list-unsubscribe", "list-unsubscribe-post"} <= set(tags["h"].lower().split(":"))
+
+
+@pytest.mark.parametrize("original, forged", [
+    (b"List-Unsubscribe: <https://api.trial-reports.example.org/", b"List-Unsubscribe: <https://evil.example.com/"),
+    (b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: List-Unsubscribe=Nope"),
+    (b"Subject: Your weekly", b"Subject: Urgent: your weekly"),
+    (b"X-Amz-Signature=5d", b"X-Amz-Signature=6d"),  # the body's link
+])
+def test_changing_a_signed_part_breaks_the_signature(smtp_server, dkim_key, original, forged):
+    pem, txt = dkim_key
+    [raw] = received_bytes(smtp_server, report_email(),
+                           dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=pem)
+    assert original in raw
+    assert not dkim.verify(raw.replace(original, forged), dnsfunc=dns_publishing(txt))
+
+
+def test_a_pem_with_flattened_newlines_still_signs(dkim_key):
+    pem, _ = dkim_key
+    assert load_dkim_key(pem.replace("\n", "\\n")) == pem.encode()
+
+
+@pytest.mark.parametrize("settings, names", [
+    ({"dkim_private_key": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"}, "dkim_private_key"),
+    ({"dkim_private_key": "/nonexistent/dkim.pem"}, "dkim_private_key"),
+    ({"dkim_domain": None}, "dkim_domain"),
+    ({"dkim_selector": "bad selector"}, "dkim_selector"),
+    ({"dkim_domain": "localhost"}, "dkim_domain"),
+])
+def test_an_unusable_dkim_setting_fails_at_construction_naming_it(dkim_key, settings, names):
+    given = {"dkim_selector": SELECTOR, "dkim_domain": DKIM_DOMAIN, "dkim_private_key": dkim_key[0], **settings}
+    with pytest.raises(DkimConfigError, match=names) as info:
+        SmtpSettings("127.0.0.1", **given)
+    assert "not a key" not in str(info.value)  # key material is never echoed
+
+
+def test_a_key_receivers_would_ignore_is_refused():
+    # Two known primes make a 511-bit key (cryptography no longer generates keys that short).
+    p, q, e = 2**255 - 19, 2**256 - 189, 65537
+    d = pow(e, -1, (p - 1) * (q - 1))
+    weak = rsa.RSAPrivateNumbers(p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+                                 rsa.RSAPublicNumbers(e, p * q)).private_key()
+    pem = weak.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption()).decode()
+    with pytest.raises(DkimConfigError, match="DKIM_PRIVATE_KEY: the RSA key has 511 bits"):
+        load_dkim_key(pem, setting="DKIM_PRIVATE_KEY")
+
+
+def test_the_dkim_key_stays_out_of_the_settings_repr(dkim_key):
+    settings = SmtpSettings("127.0.0.1", dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=dkim_key[0])
+    assert "PRIVATE" not in repr(settings) and SELECTOR in repr(settings)
 
 
 def test_claim_is_exclusive_until_the_lease_expires_and_final_once_sent():

@@ -11,6 +11,7 @@ import hashlib
 import re
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -61,8 +62,13 @@ class SmtpSettings:
     dkim_selector: str | None = None
     dkim_domain: str | None = None
     dkim_private_key: str | None = field(default=None, repr=False)
+    # Cap on one delivery run's sends; None sends as fast as the server accepts.
+    max_messages_per_second: float | None = None
 
     def __post_init__(self):
+        rate = self.max_messages_per_second
+        if rate is not None and not 0 < rate < float("inf"):
+            raise ValueError(f"max_messages_per_second must be a positive number or None, got {rate}")
         self.dkim_signer()  # a bad or half DKIM configuration fails here, not at the first send
 
     def dkim_signer(self) -> DkimSigner | None:
@@ -169,11 +175,38 @@ def envelope_of(message: EmailMessage) -> tuple[str, list[str]]:
     return sender, recipients
 
 
-class SmtpSession:
-    """One SMTP connection reused for a batch of messages, reconnecting if the server hangs up."""
+class Pacer:
+    """Spaces sends at least 1/rate seconds apart (rate None: no limit).
 
-    def __init__(self, settings: SmtpSettings):
+    Clock and sleep are injectable so that tests pace on a fake clock instead of waiting.
+    """
+
+    def __init__(self, rate: float | None, *, clock=time.monotonic, sleep=time.sleep):
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._clock, self._sleep = clock, sleep
+        self._next_at: float | None = None
+
+    def wait(self) -> None:
+        """Return once the next send may go."""
+        if not self._interval:
+            return
+        now = self._clock()
+        # Re-read the clock after each sleep rather than assume it lasted exactly as asked.
+        while self._next_at is not None and now < self._next_at:
+            self._sleep(self._next_at - now)
+            now = self._clock()
+        self._next_at = now + self._interval
+
+
+class SmtpSession:
+    """One SMTP connection reused for a batch of messages, reconnecting if the server hangs up.
+
+    Sends are paced by `pacer`; share one across sessions to pace a whole run.
+    """
+
+    def __init__(self, settings: SmtpSettings, pacer: Pacer | None = None):
         self.settings = settings
+        self._pacer = pacer or Pacer(settings.max_messages_per_second)
         self._signer = settings.dkim_signer()
         self._smtp: smtplib.SMTP | None = None
 
@@ -192,6 +225,7 @@ class SmtpSession:
         if self._signer:
             data = self._signer.sign(data)  # signed as sent: any later change would break the signature
         sender, recipients = envelope_of(message)
+        self._pacer.wait()
         if self._smtp is None:
             self._smtp = self._connect()
         try:
@@ -302,18 +336,21 @@ def deliver_shard(
     lease: timedelta = timedelta(minutes=15),
     retention_days: int | None = None,
     log=None,
+    pacer: Pacer | None = None,
 ) -> DeliverySummary:
     """Email every stored report of one (week, shard) that has not been emailed yet.
 
     `unsubscribe_url` is the base of the one-click links: each email gets `<base>/<fresh token>`.
+    Sends are paced to `smtp.max_messages_per_second` over the whole call, or by `pacer` if given.
     """
     ttl = link_ttl(link_ttl_hours)
     summary = DeliverySummary()
     breaker = Breaker()
+    pacer = pacer or Pacer(smtp.max_messages_per_second)  # one for all batches: the cap is per run
     for batch in _report_batches(db, week.key, shard_id, batch_size):
         ids = [r["subscription_id"] for r in batch]
         subscriptions = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}})}
-        with SmtpSession(smtp) as session:
+        with SmtpSession(smtp, pacer) as session:
             for report in batch:
                 sub_id = report["subscription_id"]
                 subscription = subscriptions.get(sub_id)

@@ -17,8 +17,8 @@ from reporting_pipeline.dkim_sign import DkimConfigError, load_dkim_key
 from reporting_pipeline.embedded import Outbox, SmtpServer
 from reporting_pipeline.errors import InvalidEmailAddress
 from reporting_pipeline.notify import (
-    SUBJECT, SmtpSession, SmtpSettings, claim_delivery, complete_delivery, compose_alert, compose_email, link_ttl,
-    message_id, release_delivery, validate_email,
+    SUBJECT, Pacer, SmtpSession, SmtpSettings, claim_delivery, complete_delivery, compose_alert, compose_email,
+    deliver_shard, link_ttl, message_id, release_delivery, validate_email,
 )
 from reporting_pipeline.weeks import Week
 
@@ -270,6 +270,85 @@ def test_a_key_receivers_would_ignore_is_refused():
 def test_the_dkim_key_stays_out_of_the_settings_repr(dkim_key):
     settings = SmtpSettings("127.0.0.1", dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=dkim_key[0])
     assert "PRIVATE" not in repr(settings) and SELECTOR in repr(settings)
+
+
+class FakeClock:
+    """Monotonic time that only moves when the test or a sleep moves it."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.slept = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class ClockedOutbox(Outbox):
+    """Notes the fake time at which each message reached the server."""
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock, self.received_at = clock, []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received_at.append(round(self.clock(), 6))
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def clocked_server():
+    clock = FakeClock()
+    with SmtpServer(ClockedOutbox(clock)) as server:
+        yield server, clock
+
+
+@pytest.mark.parametrize("rate, work_seconds, expected_at", [
+    (2.0, 0.2, [100.2, 100.7, 101.2, 101.7]),  # composing is quicker than the cap: sends wait for it
+    (2.0, 0.8, [100.8, 101.6, 102.4, 103.2]),  # slower than the cap: nobody waits
+    (None, 0.2, [100.2, 100.4, 100.6, 100.8]),  # no cap
+])
+def test_sends_are_spaced_to_the_configured_rate(clocked_server, rate, work_seconds, expected_at):
+    server, clock = clocked_server
+    settings = SmtpSettings("127.0.0.1", server.port, max_messages_per_second=rate)
+    with SmtpSession(settings, Pacer(rate, clock=clock, sleep=clock.sleep)) as session:
+        for n in range(4):
+            clock.now += work_seconds
+            session.send(report_email(to=f"p{n}@example.org"))
+    assert server.handler.received_at == pytest.approx(expected_at)
+
+
+class PresigningS3:
+    """Just enough of a boto3 client for links: pre-signing is local, no request is made."""
+
+    def generate_presigned_url(self, operation, Params, ExpiresIn):
+        return f"https://s3.example.org/{Params['Bucket']}/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
+
+
+def test_a_delivery_run_keeps_its_rate_across_batches(clocked_server):
+    server, clock = clocked_server
+    db = mongomock.MongoClient(tz_aware=True).db
+    mongo.ensure_indexes(db)
+    for n in range(5):
+        db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
+                                            "status": "active", "email": f"p{n}@example.org"})
+        db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
+                                      "s3_key": f"reports/{n}.pdf", "sha256": "abc"})
+    settings = SmtpSettings("127.0.0.1", server.port, email_from=SENDER, max_messages_per_second=4)
+    summary = deliver_shard(db, PresigningS3(), "bucket", settings, week=WEEK, shard_id="s01", link_ttl_hours=72,
+                            owner="run-1", unsubscribe_url=UNSUBSCRIBE, batch_size=2,  # three SMTP sessions
+                            pacer=Pacer(4, clock=clock, sleep=clock.sleep))
+    assert summary.sent == 5
+    assert server.handler.received_at == pytest.approx([100.0, 100.25, 100.5, 100.75, 101.0])
+
+
+@pytest.mark.parametrize("rate", [0, -1, float("nan"), float("inf")])
+def test_a_rate_that_is_not_a_positive_number_is_refused(rate):
+    with pytest.raises(ValueError, match="max_messages_per_second"):
+        SmtpSettings("127.0.0.1", max_messages_per_second=rate)
 
 
 def test_claim_is_exclusive_until_the_lease_expires_and_final_once_sent():

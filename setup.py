@@ -29,6 +29,8 @@ setup(
         "fastapi>=0.115",
         "uvicorn>=0.30",
         "pyjwt[crypto]>=2.9",
+        # DKIM signatures on the report emails.
+        "dkimpy>=1.1",
         # Embedded services for `reporting-pipeline demo` and local development.
         "mongomock>=4.3",
         "moto[s3,server]>=5.1",

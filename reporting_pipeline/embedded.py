@@ -36,6 +36,7 @@ class Outbox:
     def __init__(self, folder: Path | None = None):
         self.folder = folder
         self.messages: list[EmailMessage] = []
+        self.raw: list[bytes] = []  # exactly as received: what a receiving server reads
         self.envelopes: list[tuple[str, list[str]]] = []
         self._lock = threading.Lock()
         if folder:
@@ -46,6 +47,7 @@ class Outbox:
         message = email.message_from_bytes(raw, policy=email.policy.default)
         with self._lock:
             self.messages.append(message)
+            self.raw.append(raw)
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
             if self.folder:
                 (self.folder / f"{len(self.messages):05d}.eml").write_bytes(raw)

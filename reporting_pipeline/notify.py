@@ -6,14 +6,18 @@ lease before sending and marked sent afterwards, so a retried or doubled run nev
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import re
 import smtplib
 import ssl
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, getaddresses, parseaddr
+from functools import partial
+from html import escape
 from itertools import batched
 
 from pymongo.database import Database
@@ -21,6 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from . import mongo
 from .dead_letters import record_dead_letter, resolve_dead_letters
+from .dkim_sign import DkimSigner, signer_for
 from .errors import InvalidEmailAddress
 from .objectstore import presigned_get_url
 from .retry import Breaker, call_with_retry
@@ -30,6 +35,13 @@ from .retain import report_expires_at
 from .weeks import Week
 
 SUBJECT = "Your weekly report is ready"
+# How messages go on the wire: CRLF line ends, headers folded only past RFC 5322's 998-character line
+# limit. At the default 78, Python "folds" a long URL in List-Unsubscribe (it has no whitespace to fold
+# at) into RFC 2047 encoded-words, which RFC 2369 does not allow and receivers do not decode there.
+MAX_LINE_LENGTH = 998
+WIRE_POLICY = email.policy.SMTP.clone(max_line_length=MAX_LINE_LENGTH)
+# Printable ASCII but the angle brackets that delimit the URI in List-Unsubscribe.
+_HEADER_URI_RE = re.compile(r"[!-;=?-~]+")
 # Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
 _EMAIL_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
@@ -46,6 +58,21 @@ class SmtpSettings:
     starttls: bool = False
     email_from: str = "reports@localhost"
     timeout: float = 30.0
+    # DKIM signing: all three or none. The key is PEM text or the path of a PEM file; kept out of repr.
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_private_key: str | None = field(default=None, repr=False)
+    # Cap on one delivery run's sends; None sends as fast as the server accepts.
+    max_messages_per_second: float | None = None
+
+    def __post_init__(self):
+        rate = self.max_messages_per_second
+        if rate is not None and not 0 < rate < float("inf"):
+            raise ValueError(f"max_messages_per_second must be a positive number or None, got {rate}")
+        self.dkim_signer()  # a bad or half DKIM configuration fails here, not at the first send
+
+    def dkim_signer(self) -> DkimSigner | None:
+        return signer_for(self.dkim_selector, self.dkim_domain, self.dkim_private_key)
 
 
 @dataclass
@@ -80,11 +107,22 @@ def message_id(subscription_id: str, week_key: str, email_from: str) -> str:
     return f"<report-{token}@{domain}>"
 
 
+def list_unsubscribe(url: str) -> str:
+    """The List-Unsubscribe value `<url>`, refused unless it goes on the wire verbatim on one line."""
+    value = f"<{url}>"
+    # Anything else would come out as encoded-words ("=?" in the URL would even be decoded as one).
+    if not _HEADER_URI_RE.fullmatch(url) or "=?" in url or len(f"List-Unsubscribe: {value}") > MAX_LINE_LENGTH:
+        raise ValueError("unsubscribe URL must be printable ASCII without spaces, '<', '>' or '=?', "
+                         f"and fit on one {MAX_LINE_LENGTH}-character header line")
+    return value
+
+
 def compose_email(
     *, to: str, email_from: str, link: str, expires_at: datetime, week: Week, msg_id: str, unsubscribe_url: str
 ) -> EmailMessage:
-    """The notification: a greeting, the link and its expiry. No health data, no trial name."""
-    message = EmailMessage()
+    """The notification, as plain text and as HTML: a greeting, the link and its expiry. No health data,
+    no trial name."""
+    message = EmailMessage(policy=WIRE_POLICY)
     message["Subject"] = SUBJECT
     message["From"] = email_from
     message["To"] = to
@@ -92,23 +130,84 @@ def compose_email(
     message["Message-ID"] = msg_id
     expiry = expires_at.astimezone(UTC).strftime("%d %b %Y at %H:%M UTC")
     # RFC 8058 one-click unsubscribe: mail clients show an Unsubscribe button that POSTs to the URL.
-    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    message["List-Unsubscribe"] = list_unsubscribe(unsubscribe_url)
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(
+    message.set_content(_plain_body(week.label(), link, expiry, unsubscribe_url))
+    message.add_alternative(_html_body(week.label(), link, expiry, unsubscribe_url), subtype="html")
+    return message
+
+
+def _plain_body(week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
+    # The link stays on the line after "Download it here": the demo and the outbox reader look for it there.
+    return (
         "Hello,\n\n"
-        f"Your weekly report for the week of {week.label()} is ready.\n\n"
+        f"Your weekly report for the week of {week_label} is ready.\n\n"
         f"Download it here (the link expires on {expiry}):\n{link}\n\n"
         "The link is personal; please do not forward this email.\n\n"
         f"To stop receiving these emails, unsubscribe here:\n{unsubscribe_url}\n"
     )
-    return message
+
+
+def _html_body(week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
+    """The same text as HTML: no images, scripts or styles to fetch, so nothing tracks the reader."""
+    e = partial(escape, quote=True)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{e(SUBJECT)}</title>\n</head>\n<body>\n"
+        "<p>Hello,</p>\n"
+        f"<p>Your weekly report for the week of {e(week_label)} is ready.</p>\n"
+        f'<p><a href="{e(link)}">Download your report</a> (the link expires on {e(expiry)}).</p>\n'
+        "<p>The link is personal; please do not forward this email.</p>\n"
+        f'<p>To stop receiving these emails, <a href="{e(unsubscribe_url)}">unsubscribe here</a>.</p>\n'
+        "</body>\n</html>\n"
+    )
+
+
+def wire_bytes(message: EmailMessage) -> bytes:
+    """The message as sent: any message (an alert composed elsewhere too) gets the wire policy's headers."""
+    return message.as_bytes(policy=WIRE_POLICY)
+
+
+def envelope_of(message: EmailMessage) -> tuple[str, list[str]]:
+    """SMTP sender and recipients from From and To (our messages have no Cc or Bcc)."""
+    sender = parseaddr(str(message["From"]))[1]
+    recipients = [address for _, address in getaddresses([str(v) for v in message.get_all("To", [])])]
+    return sender, recipients
+
+
+class Pacer:
+    """Spaces sends at least 1/rate seconds apart (rate None: no limit).
+
+    Clock and sleep are injectable so that tests pace on a fake clock instead of waiting.
+    """
+
+    def __init__(self, rate: float | None, *, clock=time.monotonic, sleep=time.sleep):
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._clock, self._sleep = clock, sleep
+        self._next_at: float | None = None
+
+    def wait(self) -> None:
+        """Return once the next send may go."""
+        if not self._interval:
+            return
+        now = self._clock()
+        # Re-read the clock after each sleep rather than assume it lasted exactly as asked.
+        while self._next_at is not None and now < self._next_at:
+            self._sleep(self._next_at - now)
+            now = self._clock()
+        self._next_at = now + self._interval
 
 
 class SmtpSession:
-    """One SMTP connection reused for a batch of messages, reconnecting if the server hangs up."""
+    """One SMTP connection reused for a batch of messages, reconnecting if the server hangs up.
 
-    def __init__(self, settings: SmtpSettings):
+    Sends are paced by `pacer`; share one across sessions to pace a whole run.
+    """
+
+    def __init__(self, settings: SmtpSettings, pacer: Pacer | None = None):
         self.settings = settings
+        self._pacer = pacer or Pacer(settings.max_messages_per_second)
+        self._signer = settings.dkim_signer()
         self._smtp: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
@@ -121,13 +220,19 @@ class SmtpSession:
         return smtp
 
     def send(self, message: EmailMessage) -> None:
+        """Send the message as exactly the bytes of `wire_bytes`, DKIM-signed if configured."""
+        data = wire_bytes(message)
+        if self._signer:
+            data = self._signer.sign(data)  # signed as sent: any later change would break the signature
+        sender, recipients = envelope_of(message)
+        self._pacer.wait()
         if self._smtp is None:
             self._smtp = self._connect()
         try:
-            self._smtp.send_message(message)
+            self._smtp.sendmail(sender, recipients, data)
         except smtplib.SMTPServerDisconnected:
             self._smtp = self._connect()
-            self._smtp.send_message(message)
+            self._smtp.sendmail(sender, recipients, data)
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -231,18 +336,21 @@ def deliver_shard(
     lease: timedelta = timedelta(minutes=15),
     retention_days: int | None = None,
     log=None,
+    pacer: Pacer | None = None,
 ) -> DeliverySummary:
     """Email every stored report of one (week, shard) that has not been emailed yet.
 
     `unsubscribe_url` is the base of the one-click links: each email gets `<base>/<fresh token>`.
+    Sends are paced to `smtp.max_messages_per_second` over the whole call, or by `pacer` if given.
     """
     ttl = link_ttl(link_ttl_hours)
     summary = DeliverySummary()
     breaker = Breaker()
+    pacer = pacer or Pacer(smtp.max_messages_per_second)  # one for all batches: the cap is per run
     for batch in _report_batches(db, week.key, shard_id, batch_size):
         ids = [r["subscription_id"] for r in batch]
         subscriptions = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}})}
-        with SmtpSession(smtp) as session:
+        with SmtpSession(smtp, pacer) as session:
             for report in batch:
                 sub_id = report["subscription_id"]
                 subscription = subscriptions.get(sub_id)

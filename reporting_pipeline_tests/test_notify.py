@@ -1,14 +1,24 @@
+import base64
+import re
 from datetime import UTC, datetime, timedelta
-from email import message_from_string
+from email import message_from_bytes, message_from_string
 from email.policy import default as default_policy
+from email.utils import parsedate_to_datetime
+from html.parser import HTMLParser
 
+import dkim
 import mongomock
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from reporting_pipeline import mongo
+from reporting_pipeline.dkim_sign import DkimConfigError, load_dkim_key
+from reporting_pipeline.embedded import Outbox, SmtpServer
 from reporting_pipeline.errors import InvalidEmailAddress
 from reporting_pipeline.notify import (
-    SUBJECT, claim_delivery, complete_delivery, compose_email, link_ttl, message_id, release_delivery, validate_email,
+    SUBJECT, Pacer, SmtpSession, SmtpSettings, claim_delivery, complete_delivery, compose_alert, compose_email,
+    deliver_shard, link_ttl, message_id, release_delivery, validate_email,
 )
 from reporting_pipeline.weeks import Week
 
@@ -48,6 +58,297 @@ def test_email_carries_link_and_expiry_but_no_health_data():
     assert "https://u" in body
     assert parsed["Message-ID"] == message_id("sub_1", week.key, "reports@example.org")
     assert parsed["Message-ID"].endswith("@example.org>")
+
+
+WEEK = Week.from_key("2026-11-16", "UTC")
+SENDER = "reports@trial-reports.example.org"
+# A pre-signed S3 link as boto3 makes them: long, with '&' and '=' that HTML and QP must not mangle.
+LINK = ("https://s3.eu-west-1.amazonaws.com/clinical-reports/reports/2026-11-16/s07/sub_1.pdf"
+        "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20261128%2Feu-west-1%2Fs3%2Faws4_request"
+        "&X-Amz-Date=20261128T120000Z&X-Amz-Expires=259200&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=" + "5d" * 32)
+# Longer than 78 characters with no whitespace: what used to come out as encoded-words.
+UNSUBSCRIBE = "https://api.trial-reports.example.org/v1/unsubscribe/" + "Zm9vYmFyLWJhei1xdXV4LXRva2VuLTQzLWNoYXJzXw"
+
+
+def report_email(to="a@example.org", unsubscribe_url=UNSUBSCRIBE, link=LINK):
+    return compose_email(to=to, email_from=SENDER, link=link, expires_at=datetime(2026, 11, 30, 9, 0, tzinfo=UTC),
+                         week=WEEK, msg_id=message_id("sub_1", WEEK.key, SENDER), unsubscribe_url=unsubscribe_url)
+
+
+@pytest.fixture
+def smtp_server():
+    with SmtpServer(Outbox()) as server:
+        yield server
+
+
+def received_bytes(server, *messages, **settings) -> list[bytes]:
+    """Send through a real SMTP server and return what it received, byte for byte."""
+    with SmtpSession(SmtpSettings("127.0.0.1", server.port, **settings)) as session:
+        for message in messages:
+            session.send(message)
+    return server.handler.raw
+
+
+def raw_headers(raw: bytes) -> dict[str, list[bytes]]:
+    """Header fields as a receiving server reads them: unfolded, nothing decoded."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    fields = {}
+    for line in re.sub(rb"\r\n(?=[ \t])", b"", head).split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        fields.setdefault(name.decode().lower(), []).append(value.strip())
+    return fields
+
+
+def assert_wire_format(raw: bytes):
+    assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r"), "CRLF line ends only"
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+@pytest.mark.parametrize("unsubscribe_url", [UNSUBSCRIBE, "https://api.example.org/v1/unsubscribe/" + "t" * 900])
+def test_list_unsubscribe_reaches_the_server_as_a_plain_uri(smtp_server, unsubscribe_url):
+    [raw] = received_bytes(smtp_server, report_email(unsubscribe_url=unsubscribe_url))
+    assert_wire_format(raw)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert f"\r\nList-Unsubscribe: <{unsubscribe_url}>\r\n".encode() in raw  # unencoded, on one line
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
+    assert b"=?" not in head  # no RFC 2047 encoded-word in any header
+    fields = raw_headers(raw)
+    assert fields["list-unsubscribe"] == [f"<{unsubscribe_url}>".encode()]
+    assert fields["subject"] == [SUBJECT.encode()]
+    assert fields["from"] == [SENDER.encode()] and fields["to"] == [b"a@example.org"]
+    assert fields["message-id"] == [message_id("sub_1", WEEK.key, SENDER).encode()]
+    assert fields["mime-version"] == [b"1.0"]
+    [date] = fields["date"]
+    assert re.fullmatch(rb"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} \+0000", date)
+    assert abs(parsedate_to_datetime(date.decode()) - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("url", [
+    "https://api.example.org/v1/unsubscribe/a b", "https://api.example.org/v1/unsubscribe/\u00e9",
+    "https://api.example.org/v1/unsubscribe/a>b", "https://api.example.org/=?utf-8?q?x?=",
+    "https://api.example.org/" + "t" * 980,
+])
+def test_an_unsubscribe_url_that_cannot_go_out_verbatim_is_refused(url):
+    with pytest.raises(ValueError, match="unsubscribe URL"):
+        report_email(unsubscribe_url=url)
+
+
+def test_an_alert_composed_elsewhere_goes_out_in_wire_format(smtp_server):
+    # A subject token too long to fold at 78 characters, and two operators to reach.
+    alert = compose_alert(to="ops@example.org, oncall@example.org", email_from=SENDER, job="report_delivery_job",
+                          partition="2026-11-16|s07-" + "x" * 90, run_id="r1", attempts=3, reason="boom",
+                          ui_url="https://dagster.example.org")
+    [raw] = received_bytes(smtp_server, alert)
+    assert_wire_format(raw)
+    assert b"=?" not in raw.split(b"\r\n\r\n", 1)[0]
+    assert smtp_server.handler.envelopes == [(SENDER, ["ops@example.org", "oncall@example.org"])]
+
+
+class HtmlOutline(HTMLParser):
+    """What a mail client acts on in an HTML part: its tags, link targets and language."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags, self.hrefs, self.lang = [], [], None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "a":
+            self.hrefs.append(attrs.get("href"))
+        if tag == "html":
+            self.lang = attrs.get("lang")
+
+
+def test_the_email_is_plain_text_with_an_html_alternative_carrying_the_same_links(smtp_server):
+    [raw] = received_bytes(smtp_server, report_email())
+    assert_wire_format(raw)
+    message = message_from_bytes(raw, policy=default_policy)
+    # Clients show the last alternative they can render, so plain text must come first.
+    assert message.get_content_type() == "multipart/alternative"
+    assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
+    plain = message.get_body(("plain",)).get_content()
+    assert re.search(r"Download it here[^\n]*\n(\S+)", plain).group(1) == LINK
+    html = message.get_body(("html",)).get_content()
+    outline = HtmlOutline(html)
+    assert outline.hrefs == [LINK, UNSUBSCRIBE]  # '&' escaped as '&amp;' in the source reads back exactly
+    assert "&amp;X-Amz-Signature=" in html
+    assert outline.lang == "en"
+    # Nothing fetched on opening: no images (tracking pixels), scripts, frames or stylesheets.
+    assert not {"img", "script", "iframe", "link", "object", "embed", "style"} & set(outline.tags)
+    assert "30 Nov 2026 at 09:00 UTC" in html and "16 Nov 2026" in html
+
+
+SELECTOR, DKIM_DOMAIN = "mail2026", "trial-reports.example.org"
+
+
+@pytest.fixture(scope="module")
+def dkim_key() -> tuple[str, bytes]:
+    """A fresh RSA key as PEM text, and the TXT record that would publish its public half."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    public = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def dns_publishing(txt: bytes):
+    """A DNS lookup answering only the selector's TXT record, as the receiver's resolver would."""
+    def lookup(name: bytes, timeout=5):
+        return txt if name == f"{SELECTOR}._domainkey.{DKIM_DOMAIN}.".encode() else None
+    return lookup
+
+
+def dkim_tags(raw: bytes) -> dict[str, str]:
+    [value] = raw_headers(raw)["dkim-signature"]
+    tags = (tag.split("=", 1) for tag in value.decode().split(";") if tag.strip())
+    return {name.strip(): re.sub(r"\s+", "", val) for name, val in tags}
+
+
+@pytest.mark.parametrize("key_as", ["pem", "path"])
+def test_signed_email_verifies_as_received_and_covers_the_unsubscribe_headers(smtp_server, dkim_key, tmp_path,
+                                                                                key_as):
+    pem, txt = dkim_key
+    if key_as == "path":
+        (tmp_path / "dkim.pem").write_text(pem)
+    key = pem if key_as == "pem" else str(tmp_path / "dkim.pem")
+    [raw] = received_bytes(smtp_server, report_email(),
+                           dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=key)
+    assert_wire_format(raw)
+    assert dkim.verify(raw, dnsfunc=dns_publishing(txt))
+    tags = dkim_tags(raw)
+    assert (tags["d"], tags["s"], tags["c"], tags["a"]) == (DKIM_DOMAIN, SELECTOR, "relaxed/relaxed", "rsa-sha256")
+    assert {"from", "to", "subject", "date", "message-id", "mime-version", "content-type",
+            "list-unsubscribe", "list-unsubscribe-post"} <= set(tags["h"].lower().split(":"))
+
+
+@pytest.mark.parametrize("original, forged", [
+    (b"List-Unsubscribe: <https://api.trial-reports.example.org/", b"List-Unsubscribe: <https://evil.example.com/"),
+    (b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: List-Unsubscribe=Nope"),
+    (b"Subject: Your weekly", b"Subject: Urgent: your weekly"),
+    (b"X-Amz-Signature=5d", b"X-Amz-Signature=6d"),  # the body's link
+])
+def test_changing_a_signed_part_breaks_the_signature(smtp_server, dkim_key, original, forged):
+    pem, txt = dkim_key
+    [raw] = received_bytes(smtp_server, report_email(),
+                           dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=pem)
+    assert original in raw
+    assert not dkim.verify(raw.replace(original, forged), dnsfunc=dns_publishing(txt))
+
+
+def test_a_pem_with_flattened_newlines_still_signs(dkim_key):
+    pem, _ = dkim_key
+    assert load_dkim_key(pem.replace("\n", "\\n")) == pem.encode()
+
+
+@pytest.mark.parametrize("settings, names", [
+    ({"dkim_private_key": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"}, "dkim_private_key"),
+    ({"dkim_private_key": "/nonexistent/dkim.pem"}, "dkim_private_key"),
+    ({"dkim_domain": None}, "dkim_domain"),
+    ({"dkim_selector": "bad selector"}, "dkim_selector"),
+    ({"dkim_domain": "localhost"}, "dkim_domain"),
+])
+def test_an_unusable_dkim_setting_fails_at_construction_naming_it(dkim_key, settings, names):
+    given = {"dkim_selector": SELECTOR, "dkim_domain": DKIM_DOMAIN, "dkim_private_key": dkim_key[0], **settings}
+    with pytest.raises(DkimConfigError, match=names) as info:
+        SmtpSettings("127.0.0.1", **given)
+    assert "not a key" not in str(info.value)  # key material is never echoed
+
+
+def test_a_key_receivers_would_ignore_is_refused():
+    # Two known primes make a 511-bit key (cryptography no longer generates keys that short).
+    p, q, e = 2**255 - 19, 2**256 - 189, 65537
+    d = pow(e, -1, (p - 1) * (q - 1))
+    weak = rsa.RSAPrivateNumbers(p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+                                 rsa.RSAPublicNumbers(e, p * q)).private_key()
+    pem = weak.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption()).decode()
+    with pytest.raises(DkimConfigError, match="DKIM_PRIVATE_KEY: the RSA key has 511 bits"):
+        load_dkim_key(pem, setting="DKIM_PRIVATE_KEY")
+
+
+def test_the_dkim_key_stays_out_of_the_settings_repr(dkim_key):
+    settings = SmtpSettings("127.0.0.1", dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=dkim_key[0])
+    assert "PRIVATE" not in repr(settings) and SELECTOR in repr(settings)
+
+
+class FakeClock:
+    """Monotonic time that only moves when the test or a sleep moves it."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.slept = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class ClockedOutbox(Outbox):
+    """Notes the fake time at which each message reached the server."""
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock, self.received_at = clock, []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received_at.append(round(self.clock(), 6))
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def clocked_server():
+    clock = FakeClock()
+    with SmtpServer(ClockedOutbox(clock)) as server:
+        yield server, clock
+
+
+@pytest.mark.parametrize("rate, work_seconds, expected_at", [
+    (2.0, 0.2, [100.2, 100.7, 101.2, 101.7]),  # composing is quicker than the cap: sends wait for it
+    (2.0, 0.8, [100.8, 101.6, 102.4, 103.2]),  # slower than the cap: nobody waits
+    (None, 0.2, [100.2, 100.4, 100.6, 100.8]),  # no cap
+])
+def test_sends_are_spaced_to_the_configured_rate(clocked_server, rate, work_seconds, expected_at):
+    server, clock = clocked_server
+    settings = SmtpSettings("127.0.0.1", server.port, max_messages_per_second=rate)
+    with SmtpSession(settings, Pacer(rate, clock=clock, sleep=clock.sleep)) as session:
+        for n in range(4):
+            clock.now += work_seconds
+            session.send(report_email(to=f"p{n}@example.org"))
+    assert server.handler.received_at == pytest.approx(expected_at)
+
+
+class PresigningS3:
+    """Just enough of a boto3 client for links: pre-signing is local, no request is made."""
+
+    def generate_presigned_url(self, operation, Params, ExpiresIn):
+        return f"https://s3.example.org/{Params['Bucket']}/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
+
+
+def test_a_delivery_run_keeps_its_rate_across_batches(clocked_server):
+    server, clock = clocked_server
+    db = mongomock.MongoClient(tz_aware=True).db
+    mongo.ensure_indexes(db)
+    for n in range(5):
+        db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
+                                            "status": "active", "email": f"p{n}@example.org"})
+        db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
+                                      "s3_key": f"reports/{n}.pdf", "sha256": "abc"})
+    settings = SmtpSettings("127.0.0.1", server.port, email_from=SENDER, max_messages_per_second=4)
+    summary = deliver_shard(db, PresigningS3(), "bucket", settings, week=WEEK, shard_id="s01", link_ttl_hours=72,
+                            owner="run-1", unsubscribe_url=UNSUBSCRIBE, batch_size=2,  # three SMTP sessions
+                            pacer=Pacer(4, clock=clock, sleep=clock.sleep))
+    assert summary.sent == 5
+    assert server.handler.received_at == pytest.approx([100.0, 100.25, 100.5, 100.75, 101.0])
+
+
+@pytest.mark.parametrize("rate", [0, -1, float("nan"), float("inf")])
+def test_a_rate_that_is_not_a_positive_number_is_refused(rate):
+    with pytest.raises(ValueError, match="max_messages_per_second"):
+        SmtpSettings("127.0.0.1", max_messages_per_second=rate)
 
 
 def test_claim_is_exclusive_until_the_lease_expires_and_final_once_sent():

@@ -104,6 +104,11 @@ def _one_click_url(value: str) -> None:
         raise ValueError("must be an https URL (RFC 8058); http is accepted only on localhost")
 
 
+def _positive(value: float) -> None:
+    if not value > 0:
+        raise ValueError("must be a positive number")
+
+
 def _sse(value: str) -> None:
     if value not in ("AES256", "aws:kms"):
         raise ValueError("must be AES256 or aws:kms")
@@ -135,6 +140,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("SMTP_PASSWORD", "smtp_password", help="SMTP password"),
     Var("SMTP_STARTTLS", "smtp_starttls", _bool, help="STARTTLS on connect"),
     Var("EMAIL_FROM", "email_from", help="sender address"),
+    Var("SMTP_MAX_MESSAGES_PER_SECOND", "smtp_max_messages_per_second", _float, _positive,
+        help="cap on one delivery run's send rate"),
+    Var("DKIM_SELECTOR", "dkim_selector", help="DKIM selector (signing needs all three DKIM_* settings)"),
+    Var("DKIM_DOMAIN", "dkim_domain", help="DKIM signing domain (d=)"),
+    Var("DKIM_PRIVATE_KEY", "dkim_private_key", help="DKIM RSA private key: PEM text or a file path"),
     Var("REPORT_TIMEZONE", "timezone", check=_timezone, help="where weeks start and end"),
     Var("REPORT_SHARDS", "shards", _int, _between(1, 4096), help="shards per week"),
     Var("REPORT_FIRST_WEEK", "first_week", check=_monday, help="first week offered as a partition"),
@@ -182,6 +192,10 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_starttls: bool = False
     email_from: str = "reports@localhost"
+    smtp_max_messages_per_second: float | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_private_key: str | None = field(default=None, repr=False)
     timezone: str = "UTC"
     shards: int = 8
     first_week: str = "2025-01-06"
@@ -213,7 +227,20 @@ class Settings:
                 try:
                     var.check(value)
                 except ValueError as error:
-                    raise SettingsError(f"{var.name} {error}, got {value!r}") from None
+                    shown = "(hidden)" if var.field in _SECRET_FIELDS else repr(value)
+                    raise SettingsError(f"{var.name} {error}, got {shown}") from None
+        self._check_dkim()
+
+    def _check_dkim(self) -> None:
+        from .dkim_sign import DkimConfigError, signer_for
+
+        try:
+            signer_for(self.dkim_selector, self.dkim_domain, self.dkim_private_key)
+        except DkimConfigError as error:
+            message = str(error)
+            for name in ("dkim_selector", "dkim_domain", "dkim_private_key"):
+                message = message.replace(name, name.upper())
+            raise SettingsError(message) from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":

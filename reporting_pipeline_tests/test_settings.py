@@ -76,3 +76,10 @@ def test_worker_processes_follow_a_kubernetes_cpu_limit_not_the_node(tmp_path, m
     assert available_cpus(str(limit)) == 64
     assert available_cpus(str(tmp_path / "absent")) == 64
     assert Settings.from_env({"REPORT_WORKER_PROCESSES": "3"}).worker_processes == 3
+
+
+def test_half_a_dkim_configuration_is_refused_naming_the_variables():
+    with pytest.raises(SettingsError, match="DKIM_DOMAIN, DKIM_PRIVATE_KEY"):
+        Settings.from_env({"DKIM_SELECTOR": "reports2026"})
+    with pytest.raises(SettingsError, match="SMTP_MAX_MESSAGES_PER_SECOND must be a positive number"):
+        Settings.from_env({"SMTP_MAX_MESSAGES_PER_SECOND": "0"})

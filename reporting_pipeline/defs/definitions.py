@@ -32,7 +32,10 @@ def build_resources(settings: Settings) -> dict:
                          create_bucket=settings.reports_create_bucket),
         "smtp": SmtpResource(host=settings.smtp_host, port=settings.smtp_port,
                              username=_secret(settings, "smtp_username"), password=_secret(settings, "smtp_password"),
-                             starttls=settings.smtp_starttls, email_from=settings.email_from),
+                             starttls=settings.smtp_starttls, email_from=settings.email_from,
+                             max_messages_per_second=settings.smtp_max_messages_per_second,
+                             dkim_selector=settings.dkim_selector, dkim_domain=settings.dkim_domain,
+                             dkim_private_key=_secret(settings, "dkim_private_key")),
     }
 
 

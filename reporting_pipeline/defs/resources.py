@@ -61,6 +61,13 @@ class SmtpResource(ConfigurableResource):
     password: str | None = None
     starttls: bool = False
     email_from: str = "reports@localhost"
+    max_messages_per_second: float | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_private_key: str | None = None
 
     def settings(self) -> SmtpSettings:
-        return SmtpSettings(self.host, self.port, self.username, self.password, self.starttls, self.email_from)
+        return SmtpSettings(self.host, self.port, self.username, self.password, self.starttls, self.email_from,
+                            dkim_selector=self.dkim_selector, dkim_domain=self.dkim_domain,
+                            dkim_private_key=self.dkim_private_key,
+                            max_messages_per_second=self.max_messages_per_second)

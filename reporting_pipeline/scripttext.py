@@ -1,0 +1,380 @@
+"""A paragraph flowable for text in any script: font fallback, bidi, HarfBuzz shaping, line breaking.
+
+ReportLab's Paragraph shapes a word with the font of its first fragment only, does no bidi when a
+paragraph has more than one font, and cannot embed CFF fonts, so text that needs more than the
+primary font is laid out here and drawn with `fonts.GlyphFont`s.
+
+How the text layer stays truthful (what pdftotext and pypdf return is the text as written):
+- every glyph's ToUnicode entry is the text of the characters it was shaped from;
+- within a cluster (a base character with its marks, a conjunct) glyphs are shown in the order of
+  those characters, placed where HarfBuzz put them, and a cluster that still does not read back
+  one to one (reordered vowel signs, a glyph standing for several characters) is wrapped in an
+  ActualText span holding its characters;
+- runs are shown in visual order, right-to-left runs right to left, as readers expect of a PDF:
+  both reorder right-to-left text back to logical order themselves.
+"""
+
+from __future__ import annotations
+
+import bisect
+import unicodedata
+from dataclasses import dataclass
+
+import uharfbuzz as hb
+from bidi import algorithm as bidi_algorithm
+from reportlab.lib import colors
+from reportlab.lib.rl_accel import fp_str
+from reportlab.platypus.flowables import Flowable
+
+from .fonts import REPLACEMENT, FontSet, GlyphFont, is_default_ignorable
+
+
+@dataclass(frozen=True)
+class Span:
+    text: str
+    bold: bool = False
+
+
+@dataclass
+class _Run:
+    """Characters [start, end) of a paragraph in one font at one bidi level, shaped."""
+
+    start: int
+    end: int
+    font: GlyphFont
+    level: int
+    # (glyph id, cluster start, x advance, x offset, y offset) in visual order, thousandths of an em
+    glyphs: list[tuple[int, int, float, float, float]]
+
+
+@dataclass
+class _Para:
+    text: str  # as drawn: as written, but tabs as spaces and U+FFFD for what no font has
+    base_level: int
+    runs: list[_Run]
+    advance: list[float]  # per character, thousandths of an em (a cluster's width on its first character)
+    cluster_starts: list[int]  # sorted
+    breaks: list[int]  # sorted positions where a line may start
+
+
+# Line breaking in CJK text: between any two characters, except before closing punctuation and
+# small kana, or after opening punctuation.
+_NO_START = set("、。，．・：；？！）」』】〕〉》ー々ゝゞぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ),.!?:;%]}")
+_NO_END = set("（「『【〔〈《([{")
+
+
+def _is_cjk(cp: int) -> bool:
+    return (0x2E80 <= cp <= 0x9FFF or 0xAC00 <= cp <= 0xD7AF or 0xF900 <= cp <= 0xFAFF
+            or 0xFF00 <= cp <= 0xFFEF or 0x20000 <= cp <= 0x3FFFF)
+
+
+def bidi_levels(text: str) -> tuple[list[int], int]:
+    """Resolved embedding level of each character (UAX #9 up to rule I2) and the paragraph's base level.
+
+    python-bidi's pure-Python algorithm exposes the levels; its faster Rust wrapper only returns the
+    reordered string. X9 drops embedding controls from its list: they take their neighbour's level.
+    """
+    base = bidi_algorithm.get_base_level(text)
+    if base == 0 and not any(bidi_algorithm.bidirectional(ch) in ("R", "AL", "AN", "RLE", "RLO", "RLI") for ch in text):
+        return [0] * len(text), 0  # the common case: nothing right to left
+    storage = bidi_algorithm.get_empty_storage()
+    storage["base_level"], storage["base_dir"] = base, ("L", "R")[base]
+    bidi_algorithm.get_embedding_levels(text, storage)
+    chars = list(storage["chars"])
+    bidi_algorithm.explicit_embed_and_overrides(storage)
+    bidi_algorithm.resolve_weak_types(storage)
+    bidi_algorithm.resolve_neutral_types(storage, False)
+    bidi_algorithm.resolve_implicit_levels(storage, False)
+    kept = {id(c) for c in storage["chars"]}
+    levels, last = [], base
+    for c in chars:
+        last = c["level"] if id(c) in kept else last
+        levels.append(last)
+    return levels, base
+
+
+def _pick_font(ch: str, prev: GlyphFont | None, chain: tuple[GlyphFont, ...]) -> GlyphFont | None:
+    """First font of the chain with the character; spaces, punctuation and marks stay with the font
+    before them when it has them, so a run is not split (and marks stay on their base's font)."""
+    cp = ord(ch)
+    if prev is not None and unicodedata.category(ch)[0] in "MZPC" and (prev.has(cp) or is_default_ignorable(ch)):
+        return prev
+    for font in chain:
+        if font.has(cp):
+            return font
+    return None
+
+
+def shape_paragraph(text: str, bolds: list[bool], fonts: FontSet, lang: str, missing: set[int]) -> _Para:
+    """Fonts, bidi levels and glyphs for one paragraph (no newline inside). Code points that no font
+    has are added to `missing` and drawn as U+FFFD."""
+    levels, base = bidi_levels(text)
+    drawn = list(map(ord, text))
+    chosen: list[GlyphFont] = []
+    prev: GlyphFont | None = None
+    for i, ch in enumerate(text):
+        chain = fonts.chain(bolds[i])
+        if ch == "\t":
+            drawn[i], ch = 0x20, " "
+        font = _pick_font(ch, prev, chain)
+        if font is None:
+            if is_default_ignorable(ch) or unicodedata.category(ch) == "Cc":
+                font = prev or chain[0]
+            else:
+                missing.add(ord(ch))
+                drawn[i] = REPLACEMENT
+                font = next((f for f in chain if f.has(REPLACEMENT)), chain[0])
+        chosen.append(font)
+        prev = font
+
+    runs: list[_Run] = []
+    advance = [0.0] * len(text)
+    cluster_starts: set[int] = set()
+    start = 0
+    for i in range(1, len(text) + 1):
+        if i < len(text) and chosen[i] is chosen[start] and levels[i] == levels[start]:
+            continue
+        font, level = chosen[start], levels[start]
+        buf = hb.Buffer()
+        buf.cluster_level = hb.BufferClusterLevel.MONOTONE_CHARACTERS
+        buf.add_codepoints(drawn, start, i - start)  # the whole paragraph is context (Arabic joining)
+        buf.direction = "rtl" if level % 2 else "ltr"
+        buf.language = lang
+        buf.guess_segment_properties()
+        hb.shape(font.hb_font, buf)
+        scale = 1000 / font.upem
+        glyphs = []
+        for info, pos in zip(buf.glyph_infos, buf.glyph_positions):
+            x_adv = pos.x_advance * scale
+            glyphs.append((info.codepoint, info.cluster, x_adv, pos.x_offset * scale, pos.y_offset * scale))
+            advance[info.cluster] += x_adv
+            cluster_starts.add(info.cluster)
+        runs.append(_Run(start, i, font, level, glyphs))
+        start = i
+
+    starts = sorted(cluster_starts)
+    breaks = []
+    for i in starts:
+        if i == 0:
+            continue
+        before, here = text[i - 1], text[i]
+        if here.isspace():
+            continue
+        if before.isspace() or (
+            (_is_cjk(ord(before)) or _is_cjk(ord(here))) and here not in _NO_START and before not in _NO_END
+        ):
+            breaks.append(i)
+    return _Para("".join(map(chr, drawn)), base, runs, advance, starts, breaks)
+
+
+class ScriptText(Flowable):
+    """Spans of text in one size and colour, wrapped to the available width; splits across pages."""
+
+    def __init__(self, spans: list[Span], fonts: FontSet, *, size: float, leading: float,
+                 color=colors.black, align: str = "start", lang: str = "en",
+                 space_before: float = 0, space_after: float = 0, _shaped=None, _line_range=None):
+        super().__init__()
+        self.spans, self.fonts, self.size, self.leading = spans, fonts, size, leading
+        self.color, self.align, self.lang = color, align, lang
+        self.spaceBefore, self.spaceAfter = space_before, space_after
+        self.missing: set[int] = set()
+        self.paras = _shaped if _shaped is not None else self._shape()
+        self._line_range = _line_range  # (first, last) when this is a part left by a split
+        self._lines: list[tuple[_Para, int, int]] = []
+        self._width = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.spans)
+
+    def _shape(self) -> list[_Para]:
+        text = "".join(s.text for s in self.spans)
+        bolds = [s.bold for s in self.spans for _ in s.text]
+        paras, pos = [], 0
+        for part in text.split("\n"):
+            paras.append(shape_paragraph(part, bolds[pos:pos + len(part)], self.fonts, self.lang, self.missing))
+            pos += len(part) + 1
+        return paras
+
+    # --- layout ---------------------------------------------------------------------------------
+
+    def _break(self, para: _Para, max_width: float) -> list[tuple[int, int]]:
+        """Greedy lines [start, end) of one paragraph; a segment wider than a line breaks between clusters."""
+        text, n = para.text, len(para.text)
+        if n == 0:
+            return [(0, 0)]
+        scale = self.size / 1000
+        prefix = [0.0]
+        for a in para.advance:
+            prefix.append(prefix[-1] + a * scale)
+
+        def width(s, e):  # trailing spaces hang past the margin
+            while e > s and text[e - 1].isspace():
+                e -= 1
+            return prefix[e] - prefix[s]
+
+        lines, s = [], 0
+        while s < n:
+            k = bisect.bisect_right(para.breaks, s)
+            best = None
+            for b in para.breaks[k:] + [n]:
+                if width(s, b) <= max_width + 1e-6:
+                    best = b
+                else:
+                    break
+            if best is None:
+                k = bisect.bisect_right(para.cluster_starts, s)
+                best = next((c for c in para.cluster_starts[k:] if width(s, c) > max_width), n)
+                prev = [c for c in para.cluster_starts[k:] if c < best]
+                best = prev[-1] if prev else best
+            lines.append((s, best))
+            s = best
+        return lines
+
+    def wrap(self, availWidth, availHeight):
+        lines = [(p, s, e) for p in self.paras for s, e in self._break(p, availWidth)]
+        if self._line_range is not None:
+            lines = lines[self._line_range[0]:self._line_range[1]]
+        self._lines = lines
+        self._avail = availWidth
+        self.width = availWidth
+        self.height = len(lines) * self.leading
+        return self.width, self.height
+
+    def split(self, availWidth, availHeight):
+        self.wrap(availWidth, availHeight)
+        fit = int((availHeight + 1e-6) // self.leading)
+        if fit <= 0 or fit >= len(self._lines):
+            return [] if fit <= 0 else [self]
+        first = self._line_range[0] if self._line_range else 0
+        parts = [ScriptText(self.spans, self.fonts, size=self.size, leading=self.leading, color=self.color,
+                            align=self.align, lang=self.lang, space_before=sb, space_after=sa,
+                            _shaped=self.paras, _line_range=rng)
+                 for rng, sb, sa in (((first, first + fit), self.spaceBefore, 0),
+                                     ((first + fit, first + len(self._lines)), 0, self.spaceAfter))]
+        parts[0].missing = self.missing  # reported once, by the first part
+        return parts
+
+    def minWidth(self):
+        return max((p.advance and max(p.advance) or 0) for p in self.paras) * self.size / 1000
+
+    # --- drawing --------------------------------------------------------------------------------
+
+    def _line_pieces(self, para: _Para, s: int, e: int):
+        """The runs of one line as (run, glyphs) in visual order (UAX #9 rule L2)."""
+        while e > s and para.text[e - 1].isspace():
+            e -= 1
+        pieces = []
+        for run in para.runs:
+            if run.end <= s or run.start >= e:
+                continue
+            glyphs = [g for g in run.glyphs if s <= g[1] < e]
+            if glyphs:
+                pieces.append((run, glyphs))
+        if any(run.level for run, _ in pieces):
+            top = max(run.level for run, _ in pieces)
+            lowest_odd = min(run.level for run, _ in pieces if run.level % 2) if any(
+                run.level % 2 for run, _ in pieces) else top + 1
+            for level in range(top, lowest_odd - 1, -1):
+                i = 0
+                while i < len(pieces):
+                    if pieces[i][0].level >= level:
+                        j = i
+                        while j < len(pieces) and pieces[j][0].level >= level:
+                            j += 1
+                        pieces[i:j] = pieces[i:j][::-1]
+                        i = j
+                    else:
+                        i += 1
+        return pieces
+
+    def draw(self):
+        canv = self.canv
+        r, g, b = colors.toColor(self.color).rgb()
+        code = ["BT", f"{fp_str(r, g, b)} rg"]
+        scale = self.size / 1000
+        for n, (para, s, e) in enumerate(self._lines):
+            pieces = self._line_pieces(para, s, e)
+            line_width = sum(gl[2] for _, glyphs in pieces for gl in glyphs) * scale
+            align = self.align
+            if align == "start":
+                align = "right" if para.base_level % 2 else "left"
+            x = {"left": 0, "right": self.width - line_width, "center": (self.width - line_width) / 2}[align]
+            y = self.height - (n + 1) * self.leading + 0.25 * self.leading
+            placed = []
+            for run, glyphs in pieces:
+                placed.append((run, glyphs, x))
+                x += sum(gl[2] for gl in glyphs) * scale
+            # Shown in logical order, each piece at its place: readers that go by content order
+            # (pypdf) then read a right-to-left sentence broken by punctuation in another font
+            # in order; readers that go by position (poppler) are not affected.
+            for run, glyphs, px in sorted(placed, key=lambda p: p[0].start):
+                self._show(code, canv._doc, para, run, glyphs, px, y)
+        code.append("ET")
+        canv._code.append("\n".join(code))
+
+    def _show(self, code, doc, para: _Para, run: _Run, glyphs, x: float, y: float) -> None:
+        """Append the operators that show one run piece from (x, y), glyphs in visual order."""
+        font, size, scale = run.font, self.size, self.size / 1000
+        state = font.doc_state(doc)
+        code.append(f"/{state.name} {fp_str(size)} Tf 1 0 0 1 {fp_str(x)} {fp_str(y)} Tm")
+        rtl = run.level % 2 == 1
+        clusters: list[list] = []  # HarfBuzz keeps a cluster's glyphs together
+        for gl in glyphs:
+            if clusters and clusters[-1][0][1] == gl[1]:
+                clusters[-1].append(gl)
+            else:
+                clusters.append([gl])
+        starts = para.cluster_starts
+        cur, rise, pen = x, 0.0, x
+        tj: list[str] = []
+
+        def flush():
+            if tj:
+                code.append(f"[{' '.join(tj)}] TJ")
+                tj.clear()
+
+        for cluster in clusters:
+            c = cluster[0][1]
+            k = bisect.bisect_right(starts, c)
+            chars = para.text[c:starts[k] if k < len(starts) else len(para.text)]
+            texts = _distribute(chars, len(cluster), rtl)
+            shown = []
+            exact = True
+            for (gid, _, x_adv, x_off, y_off), text in zip(cluster, texts):
+                cid, same = state.code(gid, text)
+                exact = exact and same
+                shown.append((cid, gid, pen + x_off * scale, y_off * scale))
+                pen += x_adv * scale
+            if not exact:  # a CFF glyph read back otherwise elsewhere: say what this cluster is
+                flush()
+                code.append(f"/Span <</ActualText <FEFF{chars.encode('utf-16-be').hex().upper()}>>> BDC")
+            for cid, gid, gx, gy in shown:
+                if gy != rise:
+                    flush()
+                    code.append(f"{fp_str(gy)} Ts")
+                    rise = gy
+                gap = gx - cur  # text space advances by the W width; TJ closes the gap to HarfBuzz's place
+                if abs(gap) > 1e-4:
+                    tj.append(fp_str(-gap * 1000 / size))
+                tj.append(f"<{cid:04X}>")
+                cur = gx + font.width(gid) * scale
+            if not exact:
+                flush()
+                code.append("EMC")
+        flush()
+        if rise:
+            code.append("0 Ts")
+
+
+def _distribute(chars: str, glyphs: int, rtl: bool) -> list[str]:
+    """What each glyph of a cluster (visual order) reads back as, so that the cluster reads as `chars`.
+
+    Readers concatenate glyph texts in visual order, and for right-to-left text reverse that order,
+    keeping a multi-character text whole. One character per glyph, the last glyph taking the rest;
+    a glyph beyond the characters reads back as nothing.
+    """
+    if glyphs == 1:
+        return [chars]
+    units = list(chars[:glyphs - 1]) + [chars[glyphs - 1:]] if len(chars) >= glyphs else list(chars) + [""] * (glyphs - len(chars))
+    return units[::-1] if rtl else units

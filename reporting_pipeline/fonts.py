@@ -229,7 +229,7 @@ class _DocFont:
         gids = sorted(set(self.glyph.values()))
         tag = "".join(chr(65 + b % 26) for b in hashlib.sha256(repr(gids).encode()).digest()[:6])
         base = f"{tag}+{font.ps_name}"
-        program, subtype = self._subset(gids)
+        program, subtype, new_gid = self._subset(gids)
         stream = pdfdoc.PDFStream(content=program, filters=[pdfdoc.PDFZCompress])
         if subtype:
             stream.dictionary["Subtype"] = pdfdoc.PDFName(subtype)
@@ -261,10 +261,10 @@ class _DocFont:
             "DW": 0,
         })
         if not font.is_cff:
-            # code -> glyph id, two bytes each; the subset keeps glyph ids (RETAIN_GIDS).
+            # code -> glyph id in the subset, two bytes each.
             cid_map = bytearray(2 * (codes[-1] + 1))
             for code in codes:
-                cid_map[2 * code:2 * code + 2] = self.glyph[code].to_bytes(2, "big")
+                cid_map[2 * code:2 * code + 2] = new_gid[self.glyph[code]].to_bytes(2, "big")
             cid_font["CIDToGIDMap"] = doc.Reference(
                 pdfdoc.PDFStream(content=bytes(cid_map), filters=[pdfdoc.PDFZCompress]), f"glyphcidmap:{font.key}")
         to_unicode = pdfdoc.PDFStream(content=_to_unicode_cmap(
@@ -279,27 +279,30 @@ class _DocFont:
         })
         doc.idToObject["BasicFonts"].dict[self.name] = doc.Reference(type0, f"glyphfont:{font.key}")
 
-    def _subset(self, gids: list[int]) -> tuple[bytes, str | None]:
-        """The font program, cut down by HarfBuzz to the glyphs drawn (and, for TrueType, their components).
+    def _subset(self, gids: list[int]) -> tuple[bytes, str | None, dict[int, int]]:
+        """The font program cut down by HarfBuzz to the glyphs drawn, its subtype, and new glyph ids.
 
-        TrueType keeps glyph ids (CIDToGIDMap /Identity); a CID-keyed CFF font keeps its CIDs, which
-        is what the codes are. A name-keyed CFF font keeps glyph ids, which PDF then takes as CIDs.
+        TrueType glyphs are renumbered (CIDToGIDMap says where each went); a CID-keyed CFF font
+        keeps its CIDs, which is what the codes are; a name-keyed CFF font keeps its glyph ids,
+        which PDF then takes as CIDs.
         """
         font = self.font
         inp = hb.SubsetInput()
         inp.glyph_set.update(gids)
         flags = hb.SubsetFlags.NO_HINTING | hb.SubsetFlags.NO_LAYOUT_CLOSURE
-        if font._cids is None:
+        if font.is_cff and font._cids is None:
             flags |= hb.SubsetFlags.RETAIN_GIDS
         inp.flags = flags
         for tag in _DROP_TABLES:
             inp.drop_table_tag_set.add(tag)
-        subset = hb.subset(font.face, inp)
+        plan = hb.SubsetPlan(font.face, inp)
+        subset = plan.execute()
         if subset is None:
             raise RuntimeError(f"HarfBuzz could not subset {font.path}")
+        new_gid = dict(plan.old_to_new_glyph_mapping)
         if font.is_cff:
-            return subset.reference_table("CFF ").data, "CIDFontType0C"
-        return subset.blob.data, None
+            return subset.reference_table("CFF ").data, "CIDFontType0C", new_gid
+        return subset.blob.data, None, new_gid
 
 
 def _to_unicode_cmap(pairs: list[tuple[int, str]]) -> bytes:
@@ -326,6 +329,26 @@ class FontSet:
 
     regular: tuple[GlyphFont, ...]
     bold: tuple[GlyphFont, ...]
+    _first: dict = field(default_factory=dict, compare=False, repr=False)
+    _sticky: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def first(self, cp: int, bold: bool) -> GlyphFont | None:
+        """The first font of the chain with a glyph for `cp` (memoised: text loops call this per character)."""
+        key = (cp, bold)
+        try:
+            return self._first[key]
+        except KeyError:
+            font = self._first[key] = next((f for f in self.chain(bold) if cp in f.cmap), None)
+            return font
+
+    def sticky(self, cp: int) -> bool:
+        """Spaces, punctuation, marks and format characters stay with the font before them when it
+        has them: a run is not split needlessly, and marks stay on their base's font."""
+        try:
+            return self._sticky[cp]
+        except KeyError:
+            value = self._sticky[cp] = unicodedata.category(chr(cp))[0] in "MZPC"
+            return value
 
     @property
     def primary_path(self) -> str:

@@ -17,6 +17,7 @@ How the text layer stays truthful (what pdftotext and pypdf return is the text a
 from __future__ import annotations
 
 import bisect
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class _Para:
     runs: list[_Run]
     advance: list[float]  # per character, thousandths of an em (a cluster's width on its first character)
     cluster_starts: list[int]  # sorted
+    cluster_ends: dict[int, int]  # cluster start -> end
     breaks: list[int]  # sorted positions where a line may start
 
 
@@ -93,46 +95,58 @@ def bidi_levels(text: str) -> tuple[list[int], int]:
     return levels, base
 
 
-def _pick_font(ch: str, prev: GlyphFont | None, chain: tuple[GlyphFont, ...]) -> GlyphFont | None:
-    """First font of the chain with the character; spaces, punctuation and marks stay with the font
-    before them when it has them, so a run is not split (and marks stay on their base's font)."""
-    cp = ord(ch)
-    if prev is not None and unicodedata.category(ch)[0] in "MZPC" and (prev.has(cp) or is_default_ignorable(ch)):
-        return prev
-    for font in chain:
-        if font.has(cp):
-            return font
-    return None
+_RTL = re.compile("[\u0590-\u08FF\uFB1D-\uFDFF\uFE70-\uFEFF\u200F\u202B\u202E\u2067"
+                  "\U00010800-\U00010FFF\U0001E800-\U0001EFFF]")
+_CJK = re.compile("[\u2E80-\u9FFF\uAC00-\uD7AF\uF900-\uFAFF\uFF00-\uFFEF\U00020000-\U0003FFFF]")
+_AFTER_SPACE = re.compile(r"\s+(?=\S)")
+
+
+def _choose_fonts(drawn: list[int], bolds: list[bool], fonts: FontSet, missing: set[int]) -> list[GlyphFont]:
+    """Each character's font: the first of the chain that has it, but spaces, punctuation, marks and
+    format characters stay with the font before them when it has them (marks stay on their base's
+    font, runs are not split needlessly). What no font has becomes U+FFFD in `drawn`."""
+    chosen: list[GlyphFont] = []
+    prev: GlyphFont | None = None
+    first, sticky = fonts.first, fonts.sticky
+    for i, cp in enumerate(drawn):
+        if prev is not None and sticky(cp) and (cp in prev.cmap or is_default_ignorable(chr(cp))):
+            font = prev
+        else:
+            font = first(cp, bolds[i])
+        if font is None:
+            chain = fonts.chain(bolds[i])
+            if is_default_ignorable(chr(cp)) or unicodedata.category(chr(cp)) == "Cc":
+                font = prev or chain[0]
+            else:
+                missing.add(cp)
+                drawn[i] = REPLACEMENT
+                font = first(REPLACEMENT, bolds[i]) or chain[0]
+        chosen.append(font)
+        prev = font
+    return chosen
 
 
 def shape_paragraph(text: str, bolds: list[bool], fonts: FontSet, lang: str, missing: set[int]) -> _Para:
     """Fonts, bidi levels and glyphs for one paragraph (no newline inside). Code points that no font
     has are added to `missing` and drawn as U+FFFD."""
-    levels, base = bidi_levels(text)
-    drawn = list(map(ord, text))
-    chosen: list[GlyphFont] = []
-    prev: GlyphFont | None = None
-    for i, ch in enumerate(text):
-        chain = fonts.chain(bolds[i])
-        if ch == "\t":
-            drawn[i], ch = 0x20, " "
-        font = _pick_font(ch, prev, chain)
-        if font is None:
-            if is_default_ignorable(ch) or unicodedata.category(ch) == "Cc":
-                font = prev or chain[0]
-            else:
-                missing.add(ord(ch))
-                drawn[i] = REPLACEMENT
-                font = next((f for f in chain if f.has(REPLACEMENT)), chain[0])
-        chosen.append(font)
-        prev = font
+    if _RTL.search(text):
+        levels, base = bidi_levels(text)
+    else:
+        levels, base = [0] * len(text), 0
+    drawn = [0x20 if ch == "\t" else ord(ch) for ch in text]
+    regular, bold = fonts.regular[0], fonts.bold[0]
+    used = set(drawn)
+    if used <= regular.cmap and used <= bold.cmap:  # the common case: the primary font has it all
+        chosen = [bold if b else regular for b in bolds]
+    else:
+        chosen = _choose_fonts(drawn, bolds, fonts, missing)
 
     runs: list[_Run] = []
     advance = [0.0] * len(text)
     cluster_starts: set[int] = set()
-    start = 0
-    for i in range(1, len(text) + 1):
-        if i < len(text) and chosen[i] is chosen[start] and levels[i] == levels[start]:
+    start, n = 0, len(text)
+    for i in range(1, n + 1):
+        if i < n and chosen[i] is chosen[start] and levels[i] == levels[start]:
             continue
         font, level = chosen[start], levels[start]
         buf = hb.Buffer()
@@ -145,26 +159,28 @@ def shape_paragraph(text: str, bolds: list[bool], fonts: FontSet, lang: str, mis
         scale = 1000 / font.upem
         glyphs = []
         for info, pos in zip(buf.glyph_infos, buf.glyph_positions):
-            x_adv = pos.x_advance * scale
-            glyphs.append((info.codepoint, info.cluster, x_adv, pos.x_offset * scale, pos.y_offset * scale))
-            advance[info.cluster] += x_adv
-            cluster_starts.add(info.cluster)
+            x_adv, cluster = pos.x_advance * scale, info.cluster
+            glyphs.append((info.codepoint, cluster, x_adv, pos.x_offset * scale, pos.y_offset * scale))
+            advance[cluster] += x_adv
+            cluster_starts.add(cluster)
         runs.append(_Run(start, i, font, level, glyphs))
         start = i
 
     starts = sorted(cluster_starts)
-    breaks = []
-    for i in starts:
-        if i == 0:
-            continue
-        before, here = text[i - 1], text[i]
-        if here.isspace():
-            continue
-        if before.isspace() or (
-            (_is_cjk(ord(before)) or _is_cjk(ord(here))) and here not in _NO_START and before not in _NO_END
-        ):
-            breaks.append(i)
-    return _Para("".join(map(chr, drawn)), base, runs, advance, starts, breaks)
+    ends = dict(zip(starts, starts[1:] + [n]))
+    if _CJK.search(text):
+        breaks = []
+        for i in starts[1:]:
+            before, here = text[i - 1], text[i]
+            if here.isspace():
+                continue
+            if before.isspace() or (
+                (_is_cjk(ord(before)) or _is_cjk(ord(here))) and here not in _NO_START and before not in _NO_END
+            ):
+                breaks.append(i)
+    else:
+        breaks = [m.end() for m in _AFTER_SPACE.finditer(text) if m.end() in ends]
+    return _Para("".join(map(chr, drawn)), base, runs, advance, starts, ends, breaks)
 
 
 class ScriptText(Flowable):
@@ -181,7 +197,7 @@ class ScriptText(Flowable):
         self.paras = _shaped if _shaped is not None else self._shape()
         self._line_range = _line_range  # (first, last) when this is a part left by a split
         self._lines: list[tuple[_Para, int, int]] = []
-        self._width = 0.0
+        self._avail = None
 
     @property
     def text(self) -> str:
@@ -232,6 +248,8 @@ class ScriptText(Flowable):
         return lines
 
     def wrap(self, availWidth, availHeight):
+        if self._lines and availWidth == self._avail:
+            return self.width, self.height
         lines = [(p, s, e) for p in self.paras for s, e in self._break(p, availWidth)]
         if self._line_range is not None:
             lines = lines[self._line_range[0]:self._line_range[1]]
@@ -314,39 +332,50 @@ class ScriptText(Flowable):
         canv._code.append("\n".join(code))
 
     def _show(self, code, doc, para: _Para, run: _Run, glyphs, x: float, y: float) -> None:
-        """Append the operators that show one run piece from (x, y), glyphs in visual order."""
-        font, size, scale = run.font, self.size, self.size / 1000
+        """Append the operators that show one run piece from (x, y), glyphs in visual order.
+
+        The text position advances by each glyph's W width; a TJ number closes the gap to where
+        HarfBuzz placed the next glyph (kerning, marks); vertical offsets use the text rise.
+        """
+        font, size = run.font, self.size
+        scale, to_tj = size / 1000, -1000 / size
         state = font.doc_state(doc)
         code.append(f"/{state.name} {fp_str(size)} Tf 1 0 0 1 {fp_str(x)} {fp_str(y)} Tm")
         rtl = run.level % 2 == 1
-        clusters: list[list] = []  # HarfBuzz keeps a cluster's glyphs together
-        for gl in glyphs:
-            if clusters and clusters[-1][0][1] == gl[1]:
-                clusters[-1].append(gl)
-            else:
-                clusters.append([gl])
-        starts = para.cluster_starts
+        text, ends, width = para.text, para.cluster_ends, font.width
+        known = state.codes
         cur, rise, pen = x, 0.0, x
-        tj: list[str] = []
+        tj: list[str] = []  # TJ elements: hex strings of codes, and numbers
+        hexes: list[str] = []  # codes not yet closed into a hex string
 
         def flush():
+            if hexes:
+                tj.append(f"<{''.join(hexes)}>")
+                hexes.clear()
             if tj:
                 code.append(f"[{' '.join(tj)}] TJ")
                 tj.clear()
 
-        for cluster in clusters:
-            c = cluster[0][1]
-            k = bisect.bisect_right(starts, c)
-            chars = para.text[c:starts[k] if k < len(starts) else len(para.text)]
-            texts = _distribute(chars, len(cluster), rtl)
-            shown = []
-            exact = True
-            for (gid, _, x_adv, x_off, y_off), text in zip(cluster, texts):
-                cid, same = state.code(gid, text)
-                exact = exact and same
+        i, n = 0, len(glyphs)
+        while i < n:
+            c = glyphs[i][1]
+            j = i + 1
+            while j < n and glyphs[j][1] == c:  # HarfBuzz keeps a cluster's glyphs together
+                j += 1
+            chars = text[c:ends[c]]
+            texts = (chars,) if j - i == 1 else _distribute(chars, j - i, rtl)
+            shown, exact = [], True
+            for (gid, _, x_adv, x_off, y_off), t in zip(glyphs[i:j], texts):
+                cid = known.get((gid, t))
+                if cid is None:
+                    cid, same = state.code(gid, t)
+                    exact = exact and same
+                elif state.text[cid] != t:
+                    exact = False
                 shown.append((cid, gid, pen + x_off * scale, y_off * scale))
                 pen += x_adv * scale
-            if not exact:  # a CFF glyph read back otherwise elsewhere: say what this cluster is
+            i = j
+            if not exact:  # a CFF glyph that reads back otherwise elsewhere: say what this cluster is
                 flush()
                 code.append(f"/Span <</ActualText <FEFF{chars.encode('utf-16-be').hex().upper()}>>> BDC")
             for cid, gid, gx, gy in shown:
@@ -354,11 +383,14 @@ class ScriptText(Flowable):
                     flush()
                     code.append(f"{fp_str(gy)} Ts")
                     rise = gy
-                gap = gx - cur  # text space advances by the W width; TJ closes the gap to HarfBuzz's place
-                if abs(gap) > 1e-4:
-                    tj.append(fp_str(-gap * 1000 / size))
-                tj.append(f"<{cid:04X}>")
-                cur = gx + font.width(gid) * scale
+                gap = gx - cur
+                if gap > 1e-4 or gap < -1e-4:
+                    if hexes:
+                        tj.append(f"<{''.join(hexes)}>")
+                        hexes.clear()
+                    tj.append(fp_str(gap * to_tj))
+                hexes.append(f"{cid:04X}")
+                cur = gx + width(gid) * scale
             if not exact:
                 flush()
                 code.append("EMC")

@@ -330,6 +330,7 @@ def render_report_checked(report: AggregatedReport, *, lang: str = "en",
         author="Clinical trial reporting",
         lang=lang,
         displayDocTitle=True,  # viewers show the title, not the file name, in the window title
+        initialFontName=FONT,  # else every page declares Helvetica, a font that is not embedded
         invariant=1,  # fixed creation date and document id: a rerun yields identical bytes
     )
     doc.build(story, canvasmaker=_NumberedCanvas)

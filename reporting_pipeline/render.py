@@ -130,11 +130,16 @@ class _Data:
         self.fonts, self.lang = fonts, lang
         self.missing: dict[str, set[int]] = {}
 
-    def text(self, ref: str, spans: list[Span] | str, style: ParagraphStyle, align: str = "start") -> ScriptText:
+    def text(self, ref: str, spans: list[Span] | str, style: ParagraphStyle) -> ScriptText:
+        """Data alone takes its direction from its first strong character (an Arabic diary entry is
+        right to left); data set into our English words is isolated in a left-to-right line."""
+        direction = "auto"
         if isinstance(spans, str):
             spans = [Span(spans)]
+        elif any(not s.isolate for s in spans):
+            direction = "ltr"
         flowable = ScriptText(spans, self.fonts, size=style.fontSize, leading=style.leading,
-                              color=style.textColor, align=align, lang=self.lang,
+                              color=style.textColor, lang=self.lang, direction=direction,
                               space_before=style.spaceBefore, space_after=style.spaceAfter)
         if flowable.missing:
             self.missing.setdefault(ref, set()).update(flowable.missing)
@@ -173,9 +178,11 @@ class _NumberedCanvas(pdfcanvas.Canvas):
         super().save()
 
 
-# Column widths sum to 172 mm, inside the 174 mm frame (A4 less 18 mm margins); every cell is a
-# flowable that wraps inside its column instead of running into the next one.
-COLUMN_WIDTHS = [40 * mm, 17 * mm, 16 * mm, 17 * mm, 17 * mm, 17 * mm, 28 * mm, 20 * mm]
+# The frame's width for content: A4 less the 18 mm margins and the frame's 6 pt padding each side.
+FRAME_WIDTH = A4[0] - 2 * 18 * mm - 12
+# Column widths sum to 166 mm, inside the frame (169.8 mm); every cell is a flowable that wraps
+# inside its column instead of running into the next one.
+COLUMN_WIDTHS = [38 * mm, 18 * mm, 15 * mm, 16 * mm, 16 * mm, 16 * mm, 27 * mm, 20 * mm]
 
 
 def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
@@ -194,6 +201,7 @@ def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
         ])
     table = Table(rows, repeatRows=1, colWidths=COLUMN_WIDTHS)
     table.setStyle(TableStyle([
+        ("FONT", (0, 0), (-1, -1), FONT, 8.5),  # not the default Helvetica: every font is embedded
         ("BACKGROUND", (0, 0), (-1, 0), HEADER_BACKGROUND),
         ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#b0b8c0")),
         ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
@@ -202,9 +210,11 @@ def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
 
 
 def _chart_title(metric: str, unit: str, n: int, styles, data: _Data) -> ScriptText:
-    label = metric_label(metric)
-    text = f"{label} ({unit}), daily mean" if unit else f"{label}, daily mean"
-    return data.text(f"summary row {n} chart title", [Span(text, bold=True)], styles["chart_title"])
+    spans = [Span(metric_label(metric), bold=True, isolate=True)]
+    if unit:
+        spans += [Span(" (", bold=True), Span(str(unit), bold=True, isolate=True), Span(")", bold=True)]
+    spans.append(Span(", daily mean", bold=True))
+    return data.text(f"summary row {n} chart title", spans, styles["chart_title"])
 
 
 def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high) -> Drawing:
@@ -220,6 +230,7 @@ def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high) 
     ]
     width, height = 170 * mm, 48 * mm - 12
     drawing = Drawing(width, height)
+    drawing.initialFontName, drawing.initialFontSize = FONT, 7  # not Helvetica: every font is embedded
     plot = LinePlot()
     plot.x, plot.y, plot.width, plot.height = 30, 18, width - 50, height - 26
     plot.data = [points or [(0, 0)]]
@@ -256,7 +267,7 @@ def _photos(report: AggregatedReport, styles) -> Table:
     rows = [cells[i:i + 3] for i in range(0, len(cells), 3)]
     rows[-1] += [""] * (3 - len(rows[-1]))
     table = Table(rows, colWidths=[58 * mm] * 3)
-    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONT", (0, 0), (-1, -1), FONT, 8)]))
     return table
 
 
@@ -285,9 +296,9 @@ def render_report_checked(report: AggregatedReport, *, lang: str = "en",
     week = report.week
     title = f"Weekly report: {report.trial_name}"
     story = [
-        data.text("trial_name", [Span("Weekly report: ", bold=True), Span(report.trial_name, bold=True)],
+        data.text("trial_name", [Span("Weekly report: ", bold=True), Span(report.trial_name, bold=True, isolate=True)],
                   styles["title"]),
-        data.text("participant_id", [Span("Participant "), Span(report.participant_id, bold=True),
+        data.text("participant_id", [Span("Participant "), Span(report.participant_id, bold=True, isolate=True),
                                      Span(f"\nWeek of {week.label()}")], styles["subtitle"]),
         Spacer(1, 6 * mm),
     ]

@@ -32,8 +32,12 @@ from .fonts import REPLACEMENT, FontSet, GlyphFont, is_default_ignorable
 
 @dataclass(frozen=True)
 class Span:
+    """Text in one weight. `isolate`: data set into the report's own words (a trial name in a title),
+    laid out in its own direction without reordering the words around it."""
+
     text: str
     bold: bool = False
+    isolate: bool = False
 
 
 @dataclass
@@ -70,14 +74,16 @@ def _is_cjk(cp: int) -> bool:
             or 0xFF00 <= cp <= 0xFFEF or 0x20000 <= cp <= 0x3FFFF)
 
 
-def bidi_levels(text: str) -> tuple[list[int], int]:
-    """Resolved embedding level of each character (UAX #9 up to rule I2) and the paragraph's base level.
+def bidi_levels(text: str, base: int | None = None) -> tuple[list[int], int]:
+    """Resolved embedding level of each character (UAX #9 up to rule I2) and the paragraph's base
+    level (from its first strong character unless `base` is given).
 
     python-bidi's pure-Python algorithm exposes the levels; its faster Rust wrapper only returns the
     reordered string. X9 drops embedding controls from its list: they take their neighbour's level.
     """
-    base = bidi_algorithm.get_base_level(text)
-    if base == 0 and not any(bidi_algorithm.bidirectional(ch) in ("R", "AL", "AN", "RLE", "RLO", "RLI") for ch in text):
+    if base is None:
+        base = bidi_algorithm.get_base_level(text)
+    if base == 0 and not _RTL.search(text):
         return [0] * len(text), 0  # the common case: nothing right to left
     storage = bidi_algorithm.get_empty_storage()
     storage["base_level"], storage["base_dir"] = base, ("L", "R")[base]
@@ -92,6 +98,33 @@ def bidi_levels(text: str) -> tuple[list[int], int]:
     for c in chars:
         last = c["level"] if id(c) in kept else last
         levels.append(last)
+    return levels, base
+
+
+def paragraph_levels(text: str, isolated: list[bool], direction: str) -> tuple[list[int], int]:
+    """Bidi levels of a paragraph whose `isolated` characters are data set into the report's own
+    words: as UAX #9 isolates (FSI...PDI), each takes its direction from its own first strong
+    character and cannot reorder the text around it. `direction` is 'auto', 'ltr' or 'rtl'."""
+    base = {"ltr": 0, "rtl": 1}.get(direction)
+    if not any(isolated):
+        return bidi_levels(text, base)
+    if base == 0 and not _RTL.search(text):
+        return [0] * len(text), 0
+    # Outside, an isolate is one neutral character (U+FFFC stands in for it).
+    levels, base = bidi_levels("".join("\ufffc" if iso else ch for ch, iso in zip(text, isolated)), base)
+    i, n = 0, len(text)
+    while i < n:
+        if not isolated[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and isolated[j]:
+            j += 1
+        inner, inner_base = bidi_levels(text[i:j])
+        outer = levels[i]
+        start = outer + 1 if (outer + 1) % 2 == inner_base else outer + 2  # least level above, of its parity
+        levels[i:j] = [level - inner_base + start for level in inner]
+        i = j
     return levels, base
 
 
@@ -126,13 +159,11 @@ def _choose_fonts(drawn: list[int], bolds: list[bool], fonts: FontSet, missing: 
     return chosen
 
 
-def shape_paragraph(text: str, bolds: list[bool], fonts: FontSet, lang: str, missing: set[int]) -> _Para:
+def shape_paragraph(text: str, bolds: list[bool], fonts: FontSet, lang: str, missing: set[int],
+                    isolated: list[bool] | None = None, direction: str = "auto") -> _Para:
     """Fonts, bidi levels and glyphs for one paragraph (no newline inside). Code points that no font
     has are added to `missing` and drawn as U+FFFD."""
-    if _RTL.search(text):
-        levels, base = bidi_levels(text)
-    else:
-        levels, base = [0] * len(text), 0
+    levels, base = paragraph_levels(text, isolated or [False] * len(text), direction)
     drawn = [0x20 if ch == "\t" else ord(ch) for ch in text]
     regular, bold = fonts.regular[0], fonts.bold[0]
     used = set(drawn)
@@ -187,11 +218,11 @@ class ScriptText(Flowable):
     """Spans of text in one size and colour, wrapped to the available width; splits across pages."""
 
     def __init__(self, spans: list[Span], fonts: FontSet, *, size: float, leading: float,
-                 color=colors.black, align: str = "start", lang: str = "en",
+                 color=colors.black, align: str = "start", lang: str = "en", direction: str = "auto",
                  space_before: float = 0, space_after: float = 0, _shaped=None, _line_range=None):
         super().__init__()
         self.spans, self.fonts, self.size, self.leading = spans, fonts, size, leading
-        self.color, self.align, self.lang = color, align, lang
+        self.color, self.align, self.lang, self.direction = color, align, lang, direction
         self.spaceBefore, self.spaceAfter = space_before, space_after
         self.missing: set[int] = set()
         self.paras = _shaped if _shaped is not None else self._shape()
@@ -206,9 +237,11 @@ class ScriptText(Flowable):
     def _shape(self) -> list[_Para]:
         text = "".join(s.text for s in self.spans)
         bolds = [s.bold for s in self.spans for _ in s.text]
+        isolated = [s.isolate for s in self.spans for _ in s.text]
         paras, pos = [], 0
         for part in text.split("\n"):
-            paras.append(shape_paragraph(part, bolds[pos:pos + len(part)], self.fonts, self.lang, self.missing))
+            paras.append(shape_paragraph(part, bolds[pos:pos + len(part)], self.fonts, self.lang, self.missing,
+                                         isolated[pos:pos + len(part)], self.direction))
             pos += len(part) + 1
         return paras
 
@@ -266,7 +299,8 @@ class ScriptText(Flowable):
             return [] if fit <= 0 else [self]
         first = self._line_range[0] if self._line_range else 0
         parts = [ScriptText(self.spans, self.fonts, size=self.size, leading=self.leading, color=self.color,
-                            align=self.align, lang=self.lang, space_before=sb, space_after=sa,
+                            align=self.align, lang=self.lang, direction=self.direction,
+                            space_before=sb, space_after=sa,
                             _shaped=self.paras, _line_range=rng)
                  for rng, sb, sa in (((first, first + fit), self.spaceBefore, 0),
                                      ((first + fit, first + len(self._lines)), 0, self.spaceAfter))]

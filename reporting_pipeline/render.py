@@ -183,29 +183,41 @@ FRAME_WIDTH = A4[0] - 2 * 18 * mm - 12
 # Column widths sum to 166 mm, inside the frame (169.8 mm); every cell is a flowable that wraps
 # inside its column instead of running into the next one.
 COLUMN_WIDTHS = [38 * mm, 18 * mm, 15 * mm, 16 * mm, 16 * mm, 16 * mm, 27 * mm, 20 * mm]
+CELL_PADDING = 6  # reportlab's default on each side
+
+
+def _cell(text: str, style: ParagraphStyle, column: int):
+    """A number as a plain string when it fits its column (cheap); anything wider wraps in a Paragraph."""
+    if pdfmetrics.stringWidth(text, style.fontName, style.fontSize) <= COLUMN_WIDTHS[column] - 2 * CELL_PADDING:
+        return text
+    return Paragraph(literal(text), style)
 
 
 def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
     rows = [[Paragraph(literal(label), styles["cell_head"]) for label in HEADER]]
-    for n, row in enumerate(report.summary.itertuples(index=False), start=1):
-        number = styles["cell_number"]
-        rows.append([
-            data.text(f"summary row {n} metric", metric_label(row.metric), styles["cell"]),
-            data.text(f"summary row {n} unit", str(row.unit), styles["cell"]),
-            Paragraph(str(int(row.count)), number),
-            Paragraph(format_value(row.mean), number),
-            Paragraph(format_value(row.min), number),
-            Paragraph(format_value(row.max), number),
-            Paragraph(literal(format_change(row.change)), number),
-            Paragraph(str(int(row.out_of_range)), styles["cell_alert"] if int(row.out_of_range) else number),
-        ])
-    table = Table(rows, repeatRows=1, colWidths=COLUMN_WIDTHS)
-    table.setStyle(TableStyle([
+    style = [
         ("FONT", (0, 0), (-1, -1), FONT, 8.5),  # not the default Helvetica: every font is embedded
+        ("TEXTCOLOR", (0, 0), (-1, -1), TEXT),
+        ("ALIGN", (2, 1), (-1, -1), "RIGHT"),
         ("BACKGROUND", (0, 0), (-1, 0), HEADER_BACKGROUND),
         ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#b0b8c0")),
         ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-    ]))
+    ]
+    for n, row in enumerate(report.summary.itertuples(index=False), start=1):
+        number = styles["cell_number"]
+        out_of_range = int(row.out_of_range)
+        rows.append([
+            data.text(f"summary row {n} metric", metric_label(row.metric), styles["cell"]),
+            data.text(f"summary row {n} unit", str(row.unit), styles["cell"]),
+            *(_cell(text, number, col) for col, text in enumerate(
+                (str(int(row.count)), format_value(row.mean), format_value(row.min), format_value(row.max),
+                 format_change(row.change)), start=2)),
+            _cell(str(out_of_range), styles["cell_alert"] if out_of_range else number, 7),
+        ])
+        if out_of_range:
+            style.append(("TEXTCOLOR", (7, n), (7, n), ALERT_TEXT))
+    table = Table(rows, repeatRows=1, colWidths=COLUMN_WIDTHS)
+    table.setStyle(TableStyle(style))
     return table
 
 

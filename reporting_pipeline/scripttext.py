@@ -1,17 +1,18 @@
 """A paragraph flowable for text in any script: font fallback, bidi, HarfBuzz shaping, line breaking.
 
 ReportLab's Paragraph shapes a word with the font of its first fragment only, does no bidi when a
-paragraph has more than one font, and cannot embed CFF fonts, so text that needs more than the
-primary font is laid out here and drawn with `fonts.GlyphFont`s.
+paragraph has more than one font, and cannot embed CFF fonts, so text from data (which may be in
+any script) is laid out here and drawn with `fonts.GlyphFont`s.
 
-How the text layer stays truthful (what pdftotext and pypdf return is the text as written):
-- every glyph's ToUnicode entry is the text of the characters it was shaped from;
-- within a cluster (a base character with its marks, a conjunct) glyphs are shown in the order of
-  those characters, placed where HarfBuzz put them, and a cluster that still does not read back
-  one to one (reordered vowel signs, a glyph standing for several characters) is wrapped in an
-  ActualText span holding its characters;
-- runs are shown in visual order, right-to-left runs right to left, as readers expect of a PDF:
-  both reorder right-to-left text back to logical order themselves.
+How the text layer stays truthful (pdftotext and pypdf return the text as written):
+- a code stands for a glyph and the text it reads back as, so within a cluster (a base with its
+  marks, a conjunct, a vowel sign drawn before its consonant) the glyphs, shown in visual order,
+  read back the cluster's characters in logical order; a glyph with no character of its own (the
+  second part of a split vowel) reads back as nothing. CID-keyed CFF fonts (Noto CJK) cannot give
+  a glyph two codes: a cluster that would need it gets an ActualText span instead;
+- right-to-left runs are shown right to left, as readers expect of a PDF (both reorder them);
+- a line's runs are shown in logical order, each at its place: a right-to-left sentence broken by
+  punctuation from another font reads in order in readers that follow content order.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ setup(
         "pandas>=2.2",
         "reportlab>=4.2",
         "rl_accel>=0.9",  # reportlab's C accelerators: a quarter less render time
+        # Text in any script: HarfBuzz shapes and subsets fonts, python-bidi orders right-to-left text.
+        "uharfbuzz>=0.50",
+        "python-bidi>=0.6,<0.7",  # render uses bidi.algorithm's levels (the Rust API gives only strings)
+        "matplotlib>=3.8",  # only for the DejaVu Sans it ships: Latin, Greek, Cyrillic without Debian's fonts
         "Pillow>=11",
         # Subscription API.
         "fastapi>=0.115",
@@ -43,6 +47,7 @@ setup(
             "httpx>=0.27",
             "pypdf>=5",
             "selenium>=4.20",
+            "fonttools>=4.50",  # render tests read the embedded font programs
         ],
     },
     entry_points={

@@ -27,7 +27,6 @@ setup(
         # Text in any script: HarfBuzz shapes and subsets fonts, python-bidi orders right-to-left text.
         "uharfbuzz>=0.50",
         "python-bidi>=0.6,<0.7",  # render uses bidi.algorithm's levels (the Rust API gives only strings)
-        "matplotlib>=3.8",  # only for the DejaVu Sans it ships: Latin, Greek, Cyrillic without Debian's fonts
         "Pillow>=11",
         # Subscription API.
         "fastapi>=0.115",
@@ -48,6 +47,9 @@ setup(
             "pypdf>=5",
             "selenium>=4.20",
             "fonttools>=4.50",  # render tests read the embedded font programs
+            # Only for the DejaVu Sans it ships: Latin, Greek and Cyrillic for `make demo` and the tests on a
+            # machine without Debian's Noto fonts (the image installs those).
+            "matplotlib>=3.8",
         ],
     },
     entry_points={

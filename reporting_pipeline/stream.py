@@ -23,7 +23,7 @@ from .dead_letters import carry, record_dead_letter, record_data_issues, resolve
 from .errors import Issue
 from .fetch import SubscriberWeek, count_subscriptions, iter_subscriber_batches, load_files
 from .objectstore import Encryption, make_client
-from .render import render_report
+from .render import render_report_checked
 from .retry import Backoff, Breaker, call_with_retry, captured, configure
 from .store import store_report
 from .weeks import Week
@@ -97,13 +97,14 @@ def build_chunk(job: BuildJob, bundles: list[SubscriberWeek]) -> list[Built | Fa
         if isinstance(report, BaseException):
             out.append(failed("aggregate", report))
             continue
-        rendered = captured(render_report, report)
+        rendered = captured(render_report_checked, report)
         if isinstance(rendered, BaseException):
             out.append(failed("render", rendered))
             continue
-        pdf, pages = rendered
+        pdf, pages, drawn_with_replacements = rendered  # characters no report font has: visible, and recorded
         out.append(Built(bundle.subscription_id, bundle.week_key, bundle.shard_id, pdf, pages,
-                         files=len(bundle.files), has_data=report.has_data, issues=list(report.issues)))
+                         files=len(bundle.files), has_data=report.has_data,
+                         issues=list(report.issues) + drawn_with_replacements))
     return out
 
 
@@ -119,6 +120,7 @@ class ShardSummary:
     aggregated: int = 0
     aggregate_issues: int = 0
     aggregate_failed: int = 0
+    render_issues: int = 0
     rendered: int = 0
     failed: int = 0  # render or store
     pages: int = 0
@@ -136,7 +138,8 @@ class ShardSummary:
 
     def reports_metadata(self) -> dict:
         return {"rendered": self.rendered, "failed": self.failed, "pages": self.pages, "bytes": self.bytes,
-                "empty_weeks": self.empty_weeks, "issues": self.fetch_issues + self.aggregate_issues}
+                "empty_weeks": self.empty_weeks, "issues": self.fetch_issues + self.aggregate_issues,
+                "missing_glyphs": self.render_issues}
 
 
 def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, results: list[Built | Failed],
@@ -162,7 +165,8 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, results
         if isinstance(result, Built):
             summary.files += result.files
             summary.fetch_issues += sum(1 for i in result.issues if i.stage == "fetch")
-            summary.aggregate_issues += sum(1 for i in result.issues if i.stage != "fetch")
+            summary.aggregate_issues += sum(1 for i in result.issues if i.stage == "aggregate")
+            summary.render_issues += sum(1 for i in result.issues if i.stage == "render")
             summary.aggregated += 1
             if result.issues:
                 record_data_issues(db, subscription_id=result.subscription_id, week=result.week_key,

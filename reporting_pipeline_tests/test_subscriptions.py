@@ -127,17 +127,18 @@ def test_a_tick_that_fails_after_validating_still_gets_the_first_reports_asked_f
     assert db[mongo.SUBSCRIPTIONS].find_one({"_id": late})["status"] == "active"
 
 
-def test_withdrawals_after_a_bulk_update_of_more_than_a_tick_are_followed(pipeline, instance):
+def test_withdrawals_after_a_bulk_update_of_more_than_a_tick_are_followed(pipeline, instance, monkeypatch):
+    monkeypatch.setattr(sensors, "SUBSCRIPTION_CHANGES_PER_TICK", 100)
     db = pipeline.db
     seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=3, weeks=1, now=NOW)
     definitions = pipeline.definitions()
     cursor = tick(definitions, instance).cursor
-    # One bulk update gives 2,500 enrollments the same timestamp: more than a tick reads.
+    # One bulk update gives 250 enrollments the same timestamp: more than a tick reads.
     same = datetime.now(UTC).replace(microsecond=0)
     db[mongo.ENROLLMENTS].insert_many([{
         "_id": f"enr-bulk-{n:05d}", "trial_id": "TRIAL-CARDIO-01", "participant_id": f"P-BULK{n:05d}",
         "email": f"bulk{n}@example.org", "status": "active", "consent_electronic_reports": True,
-        "updated_at": same} for n in range(2500)])
+        "updated_at": same} for n in range(250)])
     leaver = db[mongo.SUBSCRIPTIONS].find_one({"_id": seeded.subscription_ids[0]})
     db[mongo.ENROLLMENTS].update_one({"trial_id": leaver["trial_id"], "participant_id": leaver["participant_id"]},
                                      {"$set": {"status": "withdrawn", "updated_at": same + timedelta(seconds=1)}})

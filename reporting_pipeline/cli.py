@@ -133,30 +133,29 @@ def _api(args) -> int:
     return 0
 
 
-REPORT_JOBS = ("weekly_reports_job", "report_delivery_job")
-
-
 def _dagster_figures(week: str, shard_count: int) -> tuple[dict, int | None, int | None]:
-    """Latest run status per shard partition, queued runs and recent failures, if DAGSTER_HOME is set."""
+    """Latest report run per shard partition, queued runs and recent failures, if DAGSTER_HOME is set."""
     if not os.environ.get("DAGSTER_HOME"):
         return {}, None, None
     from datetime import UTC, datetime, timedelta
 
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+    from .defs.runs import REPORTS, latest_run, run_kind
     from .sharding import shard_ids
 
     states = {}
     with DagsterInstance.get() as instance:
         for shard in shard_ids(shard_count):
-            runs = instance.get_runs(RunsFilter(job_name="weekly_reports_job",
-                                                tags={"dagster/partition": f"{shard}|{week}"}), limit=1)
-            states[shard] = runs[0].status.value.lower() if runs else "not run"
+            # Whatever launched it: the schedule, a sensor, the CLI, or a UI materialization or backfill.
+            record = latest_run(instance, f"{shard}|{week}", REPORTS)
+            states[shard] = (f"{record.dagster_run.status.value.lower()} ({record.dagster_run.job_name})"
+                             if record else "not run")
         queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
-        # Failed runs of the report jobs only: a failed maintenance run is not a missing report.
-        failed = sum(instance.get_runs_count(RunsFilter(
-            job_name=job, statuses=[DagsterRunStatus.FAILURE], updated_after=datetime.now(UTC) - timedelta(days=1)))
-            for job in REPORT_JOBS)
+        # Failed report and delivery runs only, however launched: a failed maintenance run is no missing report.
+        recent_failures = instance.get_run_records(RunsFilter(
+            statuses=[DagsterRunStatus.FAILURE], updated_after=datetime.now(UTC) - timedelta(days=1)), limit=10_000)
+        failed = sum(1 for record in recent_failures if run_kind(record.dagster_run) is not None)
     return states, queued, failed
 
 
@@ -178,11 +177,14 @@ def _status(args) -> int:
         print(prometheus_text(rows, week, delivery_latencies(db, week), queued, failed), end="")
     else:
         print(f"week {week}")
-        print(f"{'shard':6} {'subscribers':>11} {'rendered':>9} {'delivered':>10} {'dead letters':>13}  partition")
+        print(f"{'shard':6} {'subscribers':>11} {'rendered':>9} {'delivered':>10} {'held':>5} {'dead letters':>13}"
+              "  latest report run")
         for r in rows:
-            print(f"{r.shard:6} {r.subscribers:>11} {r.rendered:>9} {r.delivered:>10} {r.dead_letters:>13}  {r.partition}")
-        total = [sum(getattr(r, f) for r in rows) for f in ("subscribers", "rendered", "delivered", "dead_letters")]
-        print(f"{'total':6} {total[0]:>11} {total[1]:>9} {total[2]:>10} {total[3]:>13}")
+            print(f"{r.shard:6} {r.subscribers:>11} {r.rendered:>9} {r.delivered:>10} {r.held:>5} {r.dead_letters:>13}"
+                  f"  {r.partition}")
+        fields = ("subscribers", "rendered", "delivered", "held", "dead_letters")
+        total = [sum(getattr(r, f) for r in rows) for f in fields]
+        print(f"{'total':6} {total[0]:>11} {total[1]:>9} {total[2]:>10} {total[3]:>5} {total[4]:>13}")
         print("complete" if all(r.complete for r in rows) else "INCOMPLETE")
     return 0 if all(r.complete for r in rows) else 1
 

@@ -43,9 +43,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("subscription_id", ASCENDING), ("week", ASCENDING)], unique=True, name="subscription_week"),
         IndexModel([("week", ASCENDING), ("shard", ASCENDING)], name="week_shard"),
         IndexModel([("s3_key", ASCENDING)], name="s3_key"),
+        # The delivery healer's query: reports delivery has not dealt with yet.
+        IndexModel([("delivery_state", ASCENDING), ("status", ASCENDING)], name="delivery_state"),
     ],
     DELIVERIES: [
         IndexModel([("subscription_id", ASCENDING), ("week", ASCENDING)], unique=True, name="subscription_week"),
+        IndexModel([("week", ASCENDING), ("status", ASCENDING)], name="week_status"),
     ],
     DEAD_LETTERS: [
         IndexModel(

@@ -79,12 +79,17 @@ class SmtpSettings:
 class DeliverySummary:
     sent: int = 0
     already_sent: int = 0
+    held_elsewhere: int = 0  # claimed by another run whose lease has not run out: not done by this run
     not_active: int = 0
     failed: int = 0
 
+    @property
+    def complete(self) -> bool:
+        return self.held_elsewhere == 0 and self.failed == 0
+
     def as_metadata(self) -> dict:
-        return {"sent": self.sent, "already_sent": self.already_sent, "not_active": self.not_active,
-                "failed": self.failed}
+        return {"sent": self.sent, "already_sent": self.already_sent, "held_elsewhere": self.held_elsewhere,
+                "not_active": self.not_active, "failed": self.failed, "complete": self.complete}
 
 
 def validate_email(address: object, subscription_id: str) -> str:
@@ -249,16 +254,26 @@ class SmtpSession:
         self.close()
 
 
-def claim_delivery(db: Database, subscription_id: str, week_key: str, owner: str, lease: timedelta) -> bool:
+CLAIMED, SENT, HELD = "claimed", "sent", "held"
+
+
+def claim_delivery(db: Database, subscription_id: str, week_key: str, owner: str, lease: timedelta,
+                   shard: str | None = None) -> bool:
     """Take the right to send this (subscription, week); False if sent already or someone else holds it."""
+    return try_claim(db, subscription_id, week_key, owner, lease, shard) == CLAIMED
+
+
+def try_claim(db: Database, subscription_id: str, week_key: str, owner: str, lease: timedelta,
+              shard: str | None = None) -> str:
+    """CLAIMED (ours to send), SENT (done before) or HELD (another run holds a live claim on it)."""
     now = datetime.now(UTC)
     key = f"{subscription_id}:{week_key}"
     try:
         db[mongo.DELIVERIES].insert_one({
-            "_id": key, "subscription_id": subscription_id, "week": week_key, "status": "sending",
+            "_id": key, "subscription_id": subscription_id, "week": week_key, "shard": shard, "status": "sending",
             "owner": owner, "lease_expires_at": now + lease, "attempts": 1, "created_at": now,
         })
-        return True
+        return CLAIMED
     except DuplicateKeyError:
         pass
     # Only a failed send, or one whose lease ran out (its holder died), can be taken over. A claim
@@ -271,7 +286,17 @@ def claim_delivery(db: Database, subscription_id: str, week_key: str, owner: str
         ]},
         {"$set": {"status": "sending", "owner": owner, "lease_expires_at": now + lease}, "$inc": {"attempts": 1}},
     )
-    return taken is not None
+    if taken is not None:
+        return CLAIMED
+    current = db[mongo.DELIVERIES].find_one({"_id": key}, {"status": 1})
+    return SENT if current and current.get("status") == "sent" else HELD
+
+
+def mark_report(db: Database, subscription_id: str, week_key: str, state: str) -> None:
+    """Record on the report what delivery made of it (`sent`, `not_active`); reports without it are looked for
+    by the delivery healer (`reporting_pipeline.heal`)."""
+    db[mongo.REPORTS].update_one({"subscription_id": subscription_id, "week": week_key},
+                                 {"$set": {"delivery_state": state}})
 
 
 def complete_delivery(db: Database, subscription_id: str, week_key: str, owner: str, report: dict, msg_id: str) -> None:
@@ -357,15 +382,24 @@ def deliver_shard(
                 # Checked at send time: an unsubscribed participant gets nothing, even if rendered.
                 if subscription is None or subscription.get("status") != "active":
                     summary.not_active += 1
+                    if report.get("delivery_state") != "not_active":
+                        call_with_retry(lambda: mark_report(db, sub_id, week.key, "not_active"))
                     continue
                 try:
                     address = validate_email(subscription.get("email"), sub_id)
                 except InvalidEmailAddress as error:
                     record_dead_letter(db, subscription_id=sub_id, week=week.key, stage="deliver", error=error)
+                    call_with_retry(lambda: mark_report(db, sub_id, week.key, "dead_letter"))  # redrive's now
                     summary.failed += 1
                     continue
-                if not call_with_retry(lambda: claim_delivery(db, sub_id, week.key, owner, lease)):
+                claim = call_with_retry(lambda: try_claim(db, sub_id, week.key, owner, lease, shard_id))
+                if claim == SENT:
                     summary.already_sent += 1
+                    if report.get("delivery_state") != "sent":
+                        call_with_retry(lambda: mark_report(db, sub_id, week.key, "sent"))
+                    continue
+                if claim == HELD:
+                    summary.held_elsewhere += 1  # its holder sends it, or the healer once the lease runs out
                     continue
                 msg_id = message_id(sub_id, week.key, smtp.email_from)
                 try:
@@ -388,6 +422,7 @@ def deliver_shard(
                     continue
                 breaker.succeeded()
                 call_with_retry(lambda: complete_delivery(db, sub_id, week.key, owner, report, msg_id))
+                call_with_retry(lambda: mark_report(db, sub_id, week.key, "sent"))
                 resolve_dead_letters(db, subscription_id=sub_id, week=week.key, stages=("deliver",))
                 summary.sent += 1
     return summary

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pymongo.database import Database
 
 from . import mongo
+from .heal import held_claims
 from .sharding import shard_filter, shard_ids, shard_of
 from .weeks import as_utc
 
@@ -19,17 +20,19 @@ class ShardStatus:
     rendered: int
     delivered: int
     dead_letters: int
+    held: int = 0  # delivery claims still `sending`: in flight, or held by a run that died
     partition: str = "unknown"  # the latest Dagster run's status, when an instance is at hand
 
     @property
     def complete(self) -> bool:
-        return self.delivered >= self.subscribers and self.dead_letters == 0
+        return self.delivered >= self.subscribers and self.dead_letters == 0 and self.held == 0
 
 
 def week_status(db: Database, week: str, shard_count: int) -> list[ShardStatus]:
     """Subscribers, rendered reports, sent emails and open dead letters of each shard of `week`."""
     letters = Counter(shard_of(d["subscription_id"], shard_count)
                       for d in db[mongo.DEAD_LETTERS].find({"week": week, "status": "open"}, {"subscription_id": 1}))
+    held = held_claims(db, week)
     rows = []
     for shard in shard_ids(shard_count):
         rows.append(ShardStatus(
@@ -38,6 +41,7 @@ def week_status(db: Database, week: str, shard_count: int) -> list[ShardStatus]:
             rendered=db[mongo.REPORTS].count_documents({"week": week, "shard": shard, "status": {"$ne": "expired"}}),
             delivered=db[mongo.DELIVERIES].count_documents({"week": week, "shard": shard, "status": "sent"}),
             dead_letters=letters.get(shard, 0),
+            held=held.get(shard, 0),
         ))
     return rows
 
@@ -64,7 +68,8 @@ def prometheus_text(rows: list[ShardStatus], week: str, latencies: list[float], 
             lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
 
     for field, help_text in (("subscribers", "Active subscribers"), ("rendered", "Reports stored"),
-                             ("delivered", "Emails sent"), ("dead_letters", "Open dead letters")):
+                             ("delivered", "Emails sent"), ("dead_letters", "Open dead letters"),
+                             ("held", "Delivery claims still held")):
         metric(f"reporting_{field}", "gauge", f"{help_text} per shard of the week",
                [({"week": week, "shard": r.shard}, asdict(r)[field]) for r in rows])
     if queued_runs is not None:

@@ -18,10 +18,13 @@ import pytest
 from dagster import AssetKey, build_sensor_context
 
 from reporting_pipeline import mongo
-from reporting_pipeline.demo import run_weekly_cycle
+from reporting_pipeline.defs import sensors
+from reporting_pipeline.defs.partitions import report_partition_key
+from reporting_pipeline.demo import materialization_metadata, run_weekly_cycle
 from reporting_pipeline.embedded import Outbox, SmtpServer, patched_env
 from reporting_pipeline.objectstore import Encryption, ensure_bucket, make_client
 from reporting_pipeline.seed import seed
+from reporting_pipeline.weeks import as_utc
 
 from .conftest import LAST_WEEK, NOW
 from .faults import CuttableTcpProxy, DeferringOutbox, FaultyS3Server
@@ -132,7 +135,10 @@ class KillingOutbox(Outbox):
 
 
 @needs_wire_server
-def test_sigkill_while_delivering_then_rerun_after_the_lease_sends_the_rest_once(world):
+def test_sigkill_while_delivering_then_rerun_after_the_lease_sends_the_rest_once(world, instance):
+    from reporting_pipeline.defs.definitions import build_definitions
+    from reporting_pipeline.settings import Settings
+
     assert child("weekly_reports_job").wait(300) == 0
     handler = KillingOutbox(kill_at=10)
     with SmtpServer(handler) as smtp:
@@ -141,9 +147,13 @@ def test_sigkill_while_delivering_then_rerun_after_the_lease_sends_the_rest_once
         assert run.wait(120) == -signal.SIGKILL
         at_kill = len(handler.messages)
         in_flight = world.db[mongo.DELIVERIES].count_documents({"status": "sending"})
-        # A rerun inside the lease leaves the claimed message alone; after it, the message goes out once.
+        # A rerun inside the lease (the daemon's retry of the dead run) leaves the claimed message alone,
+        # and says so: held elsewhere, not complete. After the lease, the message goes out once.
         claim = world.db[mongo.DELIVERIES].find_one({"status": "sending"})
-        assert child("report_delivery_job", SMTP_PORT=str(smtp.port)).wait(120) == 0
+        rerun = build_definitions(Settings.from_env(shards=1, smtp_port=smtp.port)).resolve_job_def(
+            "report_delivery_job").execute_in_process(instance=instance, partition_key=report_partition_key(LAST_WEEK, "00"))
+        said = materialization_metadata(rerun, "report_deliveries")
+        assert (said["sent"], said["already_sent"], said["held_elsewhere"], said["complete"]) == (14, 9, 1, False)
         within_lease = len(handler.messages)
         # The lease runs out (its holder is dead): moved, not waited for.
         world.db[mongo.DELIVERIES].update_one({"_id": claim["_id"]}, {"$set": {
@@ -274,3 +284,49 @@ def test_unsubscribed_between_render_and_delivery_gets_no_email(pipeline, instan
           f"{int(leaver_email in sent_to)} to the unsubscribed participant")
     assert len(sent_to) == 9 and leaver_email not in sent_to
     assert pipeline.db[mongo.DELIVERIES].count_documents({"subscription_id": leaver}) == 0
+
+
+@needs_wire_server
+def test_a_delivery_run_killed_between_claim_and_send_heals_without_anyone_acting(world, instance, monkeypatch):
+    """The claim of a dead run holds its report until the lease runs out; then the redrive sensor's
+    healer launches delivery on its own. Nobody redrives, resolves or launches anything by hand."""
+    from reporting_pipeline.defs.definitions import build_definitions
+    from reporting_pipeline.settings import Settings
+
+    lease = 3
+    assert child("weekly_reports_job").wait(300) == 0
+    handler = KillingOutbox(kill_at=10)
+    with SmtpServer(handler) as smtp:
+        run = child("report_delivery_job", SMTP_PORT=str(smtp.port), REPORT_DELIVERY_LEASE_SECONDS=str(lease))
+        handler.pid = run.pid
+        assert run.wait(120) == -signal.SIGKILL
+        killed = time.monotonic()
+        claim = world.db[mongo.DELIVERIES].find_one({"status": "sending"})
+        definitions = build_definitions(Settings.from_env(shards=1, smtp_port=smtp.port, delivery_lease_seconds=lease))
+
+        def tick():
+            result = definitions.resolve_sensor_def("redrive_sensor").evaluate_tick(build_sensor_context(
+                instance=instance, definitions=definitions, resources=definitions.resources))
+            runs = [definitions.resolve_job_def(r.job_name).execute_in_process(
+                instance=instance, partition_key=r.partition_key, tags={**r.tags, "dagster/run_key": r.run_key})
+                for r in result.run_requests]
+            return result.run_requests, runs
+
+        # A tick while the lease still runs (the sensors' clock held there): the holder may be alive.
+        lease_end = as_utc(claim["lease_expires_at"])
+        monkeypatch.setattr(sensors, "utcnow", lambda: lease_end - timedelta(milliseconds=1))
+        assert tick() == ([], [])
+        monkeypatch.undo()
+        # The lease runs out (awaited, not guessed: its expiry is in the ledger); the next tick heals.
+        time.sleep(max(0.0, (lease_end - datetime.now(UTC)).total_seconds()) + 0.05)
+        requests, runs = tick()
+        recovered = time.monotonic() - killed
+        assert [r.tags.get("report/heal") for r in requests] == ["delivery"] and all(r.success for r in runs)
+        healed = materialization_metadata(runs[0], "report_deliveries")
+        assert (healed["sent"], healed["already_sent"], healed["complete"]) == (15, 9, True)
+        assert tick() == ([], [])  # healed: nothing left to do
+    figures = outcome(world, handler.messages)
+    print(f"\nkilled between claim and send (lease {lease} s): {figures['emails']} emails, {figures['lost']} lost, "
+          f"{figures['dup']} dup; recovered {recovered:.1f} s after the kill with no operator action")
+    assert figures == {"reports": 24, "objects": 24, "emails": 24, "lost": 0, "dup": 0}
+    assert world.db[mongo.REPORTS].count_documents({"delivery_state": "sent"}) == 24

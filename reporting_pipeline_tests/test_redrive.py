@@ -142,3 +142,39 @@ def test_final_failure_alerts_operators_without_participant_data(pipeline, insta
     alert = pipeline.outbox.messages[-1]
     assert alert["To"] == "ops@example.org" and partition in alert["Subject"]
     assert result.run_id in alert.get_body(("plain",)).get_content()
+
+
+def test_a_failed_backfill_from_the_ui_is_seen_by_status_redriven_and_alerted(pipeline, instance, monkeypatch):
+    """A backfill or materialization from the UI runs as Dagster's implicit asset job, not our job."""
+    from dagster import AssetKey
+
+    from reporting_pipeline.defs.runs import REPORTS, latest_run
+
+    monkeypatch.setenv("OPS_EMAIL", "ops@example.org")
+    definitions = pipeline.definitions(redrive_base_delay_seconds=0)
+    broken = pipeline.definitions(mongodb_uri="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200",
+                                  retry_attempts=1, redrive_max_attempts=0)
+    partition = report_partition_key(LAST_WEEK, "02")
+    backfill_job = broken.get_implicit_global_asset_job_def()
+    selection = [AssetKey(name) for name in ("fetched_records", "aggregated_tables", "report_pdfs")]
+    failed = backfill_job.execute_in_process(instance=instance, partition_key=partition, asset_selection=selection,
+                                             tags={"dagster/backfill": "ui-backfill-1"}, raise_on_error=False)
+    assert not failed.success and failed.dagster_run.job_name.startswith("__ASSET_JOB")
+
+    # Status sees it as the partition's latest report run.
+    assert latest_run(instance, str(partition), REPORTS).dagster_run.run_id == failed.run_id
+    # Redrive re-runs the partition with the report job.
+    requests = definitions.resolve_sensor_def("redrive_sensor").evaluate_tick(build_sensor_context(
+        instance=instance, definitions=definitions, resources=definitions.resources)).run_requests
+    assert [(r.job_name, r.partition_key, r.tags["report/redrive_attempt"]) for r in requests] == [
+        ("weekly_reports_job", str(partition), "1")]
+    assert definitions.resolve_job_def("weekly_reports_job").execute_in_process(
+        instance=instance, partition_key=requests[0].partition_key, tags=requests[0].tags).success
+    # With no redrive left to try (REPORT_REDRIVE_MAX_ATTEMPTS=0), the failed backfill alerts the operators.
+    failure = next(e for e in failed.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    context = build_run_status_sensor_context(
+        sensor_name="partition_failure_alert_sensor", dagster_event=failure, dagster_instance=instance,
+        dagster_run=failed.dagster_run).for_run_failure()
+    broken.resolve_sensor_def("partition_failure_alert_sensor")(context, smtp=definitions.resources["smtp"])
+    [alert] = pipeline.outbox.messages
+    assert str(partition) in alert["Subject"] and failed.run_id in alert.get_body(("plain",)).get_content()

@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from reporting_pipeline import mongo as collections
+from reporting_pipeline.heal import undelivered_partitions
 from reporting_pipeline.notify import SmtpSession, compose_alert
 from reporting_pipeline.redrive import mark_launched, pending_requests, queue_first_report, queue_transient_redrives
 from reporting_pipeline.settings import Settings
@@ -31,15 +32,17 @@ from .assets import PDFS, only_subscribers
 from .jobs import report_delivery_job, weekly_reports_job
 from .partitions import report_partition_key, split_partition_key
 from .resources import MongoResource, SmtpResource
+from .runs import DELIVERY, PARTITION_TAG, job_for, latest_run, run_kind
 
 # Bounded work per tick; the cursor (or the pending state) carries the rest to the next tick.
 EVENTS_PER_TICK = 500
 SUBSCRIPTION_CHANGES_PER_TICK = 1000
 REDRIVE_MAX_DELAY = timedelta(hours=6)
 REDRIVE_LOOKBACK = timedelta(days=14)
-PARTITION_TAG = "dagster/partition"
 RUN_KEY_TAG = "dagster/run_key"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+IN_FLIGHT = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+             DagsterRunStatus.STARTED)
 
 
 def utcnow() -> datetime:
@@ -97,53 +100,72 @@ def report_sensors(settings: Settings) -> list:
         return SensorResult(run_requests=requests, cursor=result.cursor if result.records else context.cursor)
 
     def failed_partition_requests(context: SensorEvaluationContext, now: datetime) -> list[RunRequest]:
+        """Failed (week, shard) partitions, however their runs were launched (schedule, sensor, UI, backfill)."""
         requests = []
-        for job in (weekly_reports_job.name, report_delivery_job.name):
-            failed = context.instance.get_run_records(
-                RunsFilter(job_name=job, statuses=[DagsterRunStatus.FAILURE], updated_after=now - REDRIVE_LOOKBACK),
-                limit=200,
-            )
-            seen = set()
-            for record in failed:
-                partition = record.dagster_run.tags.get(PARTITION_TAG)
-                if not partition or partition in seen:
-                    continue
-                seen.add(partition)
-                latest = context.instance.get_run_records(
-                    RunsFilter(job_name=job, tags={PARTITION_TAG: partition}), limit=1)[0]
-                if latest.dagster_run.status != DagsterRunStatus.FAILURE:
-                    continue  # a newer run succeeded or is on its way (e.g. the daemon's run retry)
-                attempts = context.instance.get_runs_count(
-                    RunsFilter(job_name=job, tags={PARTITION_TAG: partition, "report/redrive": "partition"}))
-                if attempts >= settings.redrive_max_attempts:
-                    continue  # stays failed; partition_failure_alert_sensor told the operators
-                failed_at = latest.end_time or latest.update_timestamp.timestamp()
-                if now.timestamp() - failed_at < redrive_delay(attempts, settings.redrive_base_delay).total_seconds():
-                    continue
-                requests.append(RunRequest(
-                    job_name=job, partition_key=partition, run_key=f"redrive:{job}:{partition}:{attempts + 1}",
-                    tags={**_partition_tags(partition), "report/redrive": "partition",
-                          "report/redrive_attempt": str(attempts + 1)},
-                ))
+        failed = context.instance.get_run_records(
+            RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=now - REDRIVE_LOOKBACK), limit=500)
+        seen = set()
+        for record in failed:
+            kind, partition = run_kind(record.dagster_run), record.dagster_run.tags.get(PARTITION_TAG)
+            if kind is None or not partition or (kind, partition) in seen:
+                continue
+            seen.add((kind, partition))
+            latest = latest_run(context.instance, partition, kind)
+            if latest.dagster_run.status != DagsterRunStatus.FAILURE:
+                continue  # a newer run succeeded or is on its way (e.g. the daemon's run retry)
+            job = job_for(kind)
+            attempts = context.instance.get_runs_count(
+                RunsFilter(job_name=job, tags={PARTITION_TAG: partition, "report/redrive": "partition"}))
+            if attempts >= settings.redrive_max_attempts:
+                continue  # stays failed; partition_failure_alert_sensor told the operators
+            failed_at = latest.end_time or latest.update_timestamp.timestamp()
+            if now.timestamp() - failed_at < redrive_delay(attempts, settings.redrive_base_delay).total_seconds():
+                continue
+            requests.append(RunRequest(
+                job_name=job, partition_key=partition, run_key=f"redrive:{job}:{partition}:{attempts + 1}",
+                tags={**_partition_tags(partition), "report/redrive": "partition",
+                      "report/redrive_attempt": str(attempts + 1)},
+            ))
+        return requests
+
+    def heal_requests(context: SensorEvaluationContext, db, now: datetime) -> list[RunRequest]:
+        """A delivery run for each partition with reports nobody is emailing (see reporting_pipeline.heal)."""
+        requests = []
+        for (week, shard), waiting in sorted(undelivered_partitions(db, now).items()):
+            partition = str(report_partition_key(week, shard))
+            latest = latest_run(context.instance, partition, DELIVERY)
+            if latest is not None and latest.dagster_run.status in IN_FLIGHT:
+                continue  # a delivery run is on its way; it takes these reports
+            healed = context.instance.get_runs_count(RunsFilter(
+                job_name=report_delivery_job.name, tags={PARTITION_TAG: partition, "report/heal": "delivery"}))
+            context.log.info(f"week {week} shard {shard}: {waiting} report(s) not emailed; launching delivery")
+            requests.append(RunRequest(
+                job_name=report_delivery_job.name, partition_key=partition,
+                run_key=f"heal-delivery:{partition}:{healed + 1}",
+                tags={**_partition_tags(partition), "report/heal": "delivery"},
+            ))
         return requests
 
     @sensor(jobs=[weekly_reports_job, report_delivery_job], minimum_interval_seconds=60,
             default_status=DefaultSensorStatus.RUNNING)
     def redrive_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
         """The dead-letter queue's consumer: re-runs failed partitions and transient dead letters (capped, growing
-        delay) and redrives queued by operators or reconciliation."""
+        delay), redrives queued by operators or reconciliation, and delivery for reports nobody is emailing."""
         now = utcnow()
         db = mongo.get_db()
         queue_transient_redrives(db, settings.shards, now=now, max_redrives=settings.redrive_max_attempts,
                                  delay=lambda n: redrive_delay(n, settings.redrive_base_delay))
         return SensorResult(run_requests=failed_partition_requests(context, now)
-                            + _queued_requests(context, db, first_reports=False))
+                            + _queued_requests(context, db, first_reports=False)
+                            + heal_requests(context, db, now))
 
-    @run_failure_sensor(monitored_jobs=[weekly_reports_job, report_delivery_job],
-                        default_status=DefaultSensorStatus.RUNNING)
+    # Every job of the code location: UI materializations and backfills run as Dagster's asset job.
+    @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING)
     def partition_failure_alert_sensor(context: RunFailureSensorContext, smtp: SmtpResource) -> None:
         """Email OPS_EMAIL when a partition failed for the last time redrive will try."""
         run = context.dagster_run
+        if run_kind(run) is None:
+            return  # not a report or delivery run
         partition = run.tags.get(PARTITION_TAG, "-")
         attempts = int(run.tags.get("report/redrive_attempt", 0))
         if partition != "-" and attempts < settings.redrive_max_attempts:

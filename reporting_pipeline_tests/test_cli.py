@@ -81,7 +81,7 @@ def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeli
         done = cli("status", "--week", LAST_WEEK, env=env)
         assert done.returncode == 1 and "INCOMPLETE" in done.stdout
         total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
-        assert total[1:] == ["6", "6", "5", "1"]  # subscribers, rendered, delivered, dead letters
+        assert total[1:] == ["6", "6", "5", "0", "1"]  # subscribers, rendered, delivered, held claims, dead letters
         metrics = cli("status", "--week", LAST_WEEK, "--prometheus", env=env).stdout
         sent = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                    if line.startswith("reporting_delivered{"))
@@ -91,3 +91,10 @@ def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeli
         db[mongo.SUBSCRIPTIONS].update_one({"_id": seeded.subscription_ids[0]}, {"$set": {"status": "unsubscribed"}})
         done = cli("status", "--week", LAST_WEEK, env=env)
         assert done.returncode == 0 and done.stdout.strip().endswith("complete")
+
+        # A delivery run died holding a claim: the week is not complete while it is held.
+        db[mongo.DELIVERIES].update_one({"subscription_id": seeded.subscription_ids[1]},
+                                        {"$set": {"status": "sending"}})
+        done = cli("status", "--week", LAST_WEEK, env=env)
+        total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
+        assert done.returncode == 1 and total[4] == "1" and "INCOMPLETE" in done.stdout

@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo-output")
     p.set_defaults(func=_demo)
     args = parser.parse_args(argv)
+    # Nothing leaves the machine: Dagster's telemetry uploader runs unless this variable is set.
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
     if getattr(args, "subscribers", 1) < 1:
         parser.error("--subscribers must be at least 1")
     if args.func not in (dev_main, outbox_main, _demo):  # these set up their own environment

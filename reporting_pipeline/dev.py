@@ -308,7 +308,9 @@ def _first_week(weeks: int, timezone: str) -> str:
 
 def _environment(args, home: Path, ui_url: str, embedded_mongo: bool, embedded_s3: bool, embedded_smtp: bool) -> dict:
     """Our environment, pointed at the stand-ins and the local instance; every child gets it."""
-    env = dict(os.environ, DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1")
+    # DAGSTER_DISABLE_TELEMETRY: the only switch that stops the webserver's and daemon's telemetry
+    # uploader (the instance's `telemetry: enabled: false` does not).
+    env = dict(os.environ, DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1", DAGSTER_DISABLE_TELEMETRY="true")
     env.setdefault("REPORTS_BUCKET", "clinical-reports")
     env.setdefault("DAGSTER_UI_URL", ui_url)
     env.setdefault("EMAIL_FROM", "reports@trial-reports.example.org")
@@ -356,7 +358,9 @@ def dev_main(args) -> int:
 
     home = Path(args.home).resolve()
     outbox = Path(args.outbox).resolve() if args.outbox else home / "outbox"
-    logs = home / "logs"
+    # Not DAGSTER_HOME/logs: Dagster's telemetry uploader sends whatever is in that folder, and the S3
+    # stand-in's request log names objects (trial and participant ids).
+    logs = home / "service-logs"
     for folder in (home, outbox, logs):
         folder.mkdir(parents=True, exist_ok=True)
     ui_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::', '') else args.host}:{args.ui_port}"

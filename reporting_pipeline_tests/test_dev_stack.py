@@ -33,7 +33,8 @@ SHARDS = 8
 BUCKET = "clinical-reports"
 # Anything the developer's shell points at elsewhere would stop the stand-ins from starting.
 FOREIGN_ENV = ("MONGODB_URI", "AWS_ENDPOINT_URL", "SMTP_HOST", "DAGSTER_HOME", "REPORTS_BUCKET",
-               "REPORT_FIRST_WEEK", "REPORT_SHARDS", "REPORT_TIMEZONE", "DAGSTER_UI_URL")
+               "REPORT_FIRST_WEEK", "REPORT_SHARDS", "REPORT_TIMEZONE", "DAGSTER_UI_URL",
+               "DAGSTER_DISABLE_TELEMETRY")  # the stack must set it itself
 
 
 def _stat(pid: int) -> tuple[int, str, str] | None:
@@ -66,6 +67,7 @@ class DevStack:
         self.seen: dict[int, str] = {}  # pid -> start time, of every descendant observed
         self.process: subprocess.Popen | None = None
         self.startup_seconds = 0.0
+        self.telemetry_url: str | None = None
 
     def command(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "reporting_pipeline.dev", "--home", str(self.home),
@@ -75,7 +77,10 @@ class DevStack:
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
         name, value = self.marker.split("=")
-        return {**env, name: value}
+        env = {**env, name: value}
+        if self.telemetry_url:  # where Dagster's telemetry would go; the stack must send nothing there
+            env["DAGSTER_TELEMETRY_URL"] = self.telemetry_url
+        return env
 
     def start(self, timeout: float = 180) -> None:
         started = time.monotonic()
@@ -173,9 +178,44 @@ def launch_partition_run(stack: DevStack) -> tuple[str, str, list[str], str]:
     return week, shard, members, run_id
 
 
+class TelemetryListener:
+    """A local stand-in for Dagster's telemetry endpoint: records every request that reaches it."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append((self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+                self.send_response(200)
+                self.end_headers()
+
+            do_GET = do_PUT = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/actions"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def telemetry():
+    listener = TelemetryListener()
+    yield listener
+    listener.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, telemetry):
     dev = DevStack(tmp_path_factory.mktemp("dev-stack"))
+    # Dagster's uploader sends DAGSTER_HOME/logs at once when it starts: give it something to send.
+    (dev.home / "logs").mkdir(parents=True)
+    (dev.home / "logs" / "planted.log").write_text("anything in this folder would be uploaded\n")
+    dev.telemetry_url = telemetry.url
     dev.start()
     print(f"\ndev stack healthy after {dev.startup_seconds:.1f} s")
     yield dev
@@ -231,6 +271,14 @@ def test_partition_run_is_emailed_by_the_sensor_with_a_working_link(stack):
         runs = instance.get_runs(RunsFilter(job_name="report_delivery_job", tags={"dagster/partition": f"{shard}|{week}"}))
     assert [r.tags.get("dagster/sensor_name") for r in runs] == ["report_delivery_sensor"]
     assert wait_for_run(stack, runs[0].run_id, timeout=60) == "SUCCESS"  # the emails leave before the run ends
+
+
+def test_nothing_reaches_dagsters_telemetry_endpoint_and_no_service_log_is_in_its_folder(stack, telemetry):
+    # By now the webserver and daemon have run for minutes, a run has been launched and emailed.
+    assert stack.process.poll() is None
+    assert telemetry.received == []
+    assert sorted(p.name for p in (stack.home / "logs").iterdir()) == ["planted.log"]
+    assert {"mongo.log", "s3.log", "smtp.log"} <= {p.name for p in (stack.home / "service-logs").iterdir()}
 
 
 def test_a_taken_port_is_refused_before_anything_starts(stack, tmp_path):

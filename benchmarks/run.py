@@ -30,15 +30,30 @@ NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
 
 
 def _vm(field: str, pid: str = "self") -> int:
-    """A /proc/PID/status figure in KiB (VmRSS, VmHWM, PPid)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """A /proc/PID/status figure in KiB (VmRSS, VmHWM, PPid); 0 for a process that is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
+def _exists(pid: str) -> bool:
+    return Path(f"/proc/{pid}/status").exists()
+
+
+def _is_forkserver(pid: str) -> bool:
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 class WorkerPeaks(threading.Thread):
-    """Samples the peak RSS (VmHWM) of this process's worker processes while a run goes on.
+    """Samples the peak RSS (VmHWM) of the run's worker processes while it goes on.
 
     getrusage(RUSAGE_CHILDREN) would not do: it also counts every child forked to exec another
     program, whose RSS at the fork is this whole process.
@@ -49,14 +64,17 @@ class WorkerPeaks(threading.Thread):
         self.interval, self.peak_kib, self.done = interval, 0, threading.Event()
 
     def run(self):
-        me = os.getpid()
+        me = str(os.getpid())
         while not self.done.wait(self.interval):
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    if _vm("PPid", pid) == me and b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            # Workers are forked by the forkserver, this process's child: they are its children.
+            parents = {pid: _vm("PPid", pid) for pid in filter(str.isdigit, os.listdir("/proc")) if _exists(pid)}
+            servers = {pid for pid, ppid in parents.items() if str(ppid) == me and _is_forkserver(pid)}
+            for pid, ppid in parents.items():
+                if str(ppid) in servers:
+                    try:
                         self.peak_kib = max(self.peak_kib, _vm("VmHWM", pid))
-                except OSError:
-                    pass  # exited meanwhile
+                    except OSError:
+                        pass  # exited meanwhile
 
     def stop(self) -> float:
         self.done.set()

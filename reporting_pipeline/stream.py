@@ -205,6 +205,8 @@ def build_shard(
         summary.subscribers += len(batch)
         summary.records += sum(len(b.records) for b in batch)
         summary.batches += 1
+        if summary.batches == 1:
+            progress(summary)  # the first subscribers are in: what "launch to first subscriber" measures
         return pool.start(build, batch)
 
     # A shard that fits in one batch is built in this process: starting workers would cost more CPU

@@ -1,12 +1,10 @@
-"""S3 access: client construction, encrypted writes, pre-signed links, and a small blob interface."""
+"""S3 access: client construction, encrypted writes, pre-signed links."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import boto3
 from botocore.config import Config
@@ -98,62 +96,3 @@ def presigned_get_url(client, bucket: str, key: str, expires_in_seconds: int) ->
     return client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_in_seconds)
     )
-
-
-class BlobStore:
-    """Bytes by key; the backing store of the IO manager (a directory locally, S3 in production)."""
-
-    def put(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
-
-    def get(self, key: str) -> bytes:
-        raise NotImplementedError
-
-    def delete_prefix(self, prefix: str) -> None:
-        raise NotImplementedError
-
-
-class DirectoryBlobStore(BlobStore):
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        return self.root / key
-
-    def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write-then-rename: a crashed writer never leaves a half file for a reader.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-
-    def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
-    def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
-
-
-class S3BlobStore(BlobStore):
-    def __init__(self, client, bucket: str, prefix: str, encryption: Encryption):
-        self.client = client
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.encryption = encryption
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self.encryption.put_args())
-
-    def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-
-    def delete_prefix(self, prefix: str) -> None:
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix).rstrip("/") + "/"):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})

@@ -3,7 +3,7 @@
 Why here: a step handles thousands of subscribers, so one flaky call must not fail (and redo) the
 whole step. The client libraries' own retries are switched off (botocore max attempts 1, pymongo
 retryable reads/writes off) so attempts never multiply. A failure outside any subscriber's unit (the
-subscription cursor, the IO manager) fails the step, and Dagster's step RetryPolicy takes it from there.
+subscription cursor, an outage tripping the breaker) fails the step, and Dagster's step RetryPolicy takes it from there.
 """
 
 from __future__ import annotations
@@ -82,10 +82,6 @@ def configure(backoff: Backoff) -> None:
     """Set this process's backoff (from the deployment's settings): the run and its workers call this at start."""
     global _default
     _default = backoff
-
-
-def default_backoff() -> Backoff:
-    return _default
 
 
 def call_with_retry(fn: Callable[[], T], backoff: Backoff | None = None, *, sleep=time.sleep,

@@ -98,3 +98,30 @@ def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeli
         done = cli("status", "--week", LAST_WEEK, env=env)
         total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
         assert done.returncode == 1 and total[4] == "1" and "INCOMPLETE" in done.stdout
+
+
+def test_failed_runs_metric_counts_report_and_delivery_runs_only_however_launched(pipeline, tmp_path):
+    """`reporting_failed_runs` is about missing reports: a failed maintenance run is not one, a failed UI
+    backfill of a partition is."""
+    from dagster import AssetKey, instance_for_test
+
+    from reporting_pipeline.defs.partitions import report_partition_key
+
+    from .conftest import LAST_WEEK
+
+    broken = pipeline.definitions(mongodb_uri="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200", retry_attempts=1,
+                                  step_retry_delay_seconds=0)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    with instance_for_test(temp_dir=str(home)) as instance:
+        runs = [
+            broken.resolve_job_def("maintenance_job").execute_in_process(instance=instance, raise_on_error=False),
+            broken.resolve_job_def("weekly_reports_job").execute_in_process(
+                instance=instance, partition_key=report_partition_key(LAST_WEEK, "01"), raise_on_error=False),
+            broken.get_implicit_global_asset_job_def().execute_in_process(
+                instance=instance, partition_key=report_partition_key(LAST_WEEK, "02"), raise_on_error=False,
+                asset_selection=[AssetKey(n) for n in ("fetched_records", "aggregated_tables", "report_pdfs")]),
+        ]
+        assert not any(r.success for r in runs)
+        done = cli("status", "--week", LAST_WEEK, "--prometheus", env={**pipeline.env, "DAGSTER_HOME": str(home)})
+    assert "reporting_failed_runs 2" in done.stdout.splitlines(), done.stdout

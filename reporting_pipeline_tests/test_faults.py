@@ -330,3 +330,68 @@ def test_a_delivery_run_killed_between_claim_and_send_heals_without_anyone_actin
           f"{figures['dup']} dup; recovered {recovered:.1f} s after the kill with no operator action")
     assert figures == {"reports": 24, "objects": 24, "emails": 24, "lost": 0, "dup": 0}
     assert world.db[mongo.REPORTS].count_documents({"delivery_state": "sent"}) == 24
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes whose environment carries `marker` (inherited by everything a process starts)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@needs_wire_server
+def test_a_killed_report_run_leaves_no_process_behind_and_its_retry_finishes(world, tmp_path):
+    """A run worker SIGKILLed mid-run (an evicted pod): nothing it started lives on, and the retry Dagster
+    makes of it (re-execution from failure) has its step to run and finishes the shard."""
+    from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
+
+    from .launch_run import weekly_reports_job
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    marker = f"KILLED_RUN_MARKER={os.urandom(6).hex()}"
+    # Batches of 10: the shard's 24 subscribers take worker processes, which must die with the run.
+    env = {"DAGSTER_HOME": str(home), "REPORT_SHARDS": "1", "REPORT_BATCH_SIZE": "10", marker.split("=")[0]: marker.split("=")[1]}
+    uploads = []
+
+    def kill_at_fifth_upload(method, path):
+        if method == "PUT" and "/reports/" in path:
+            uploads.append(path)
+            if len(uploads) == 5:
+                os.kill(run.pid, signal.SIGKILL)
+                return True
+        return False
+
+    world.s3_server.fail_if, world.s3_server.enabled = kill_at_fifth_upload, True
+    run = subprocess.Popen([sys.executable, "-m", "reporting_pipeline_tests.launch_run", LAST_WEEK, "00",
+                            "weekly_reports_job"], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    assert run.wait(180) == -signal.SIGKILL
+    world.s3_server.enabled = False
+    # Workers exit when their run's process does (a pidfd wakes them): awaited, with a deadline.
+    deadline = time.monotonic() + 30
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [], "processes of the killed run live on"
+
+    with patched_env(env), DagsterInstance.get() as instance:
+        [killed] = instance.get_runs()
+        assert killed.status == DagsterRunStatus.STARTED  # nobody told Dagster: its run monitoring would
+        instance.report_run_failed(killed)  # what run monitoring does when the run worker is gone
+        retry = execute_job(reconstructable(weekly_reports_job), instance=instance, tags=killed.tags,
+                            reexecution_options=ReexecutionOptions.from_failure(killed.run_id, instance))
+        assert retry.success
+        stored = materialization_metadata(retry, "report_pdfs")
+    figures = outcome(world, [])
+    print(f"\nSIGKILL of a report run at its 5th upload: {len(_processes_with(marker))} processes left; retry "
+          f"{'finished' if retry.success else 'failed'}, {stored['rendered']} reports stored, "
+          f"{figures['reports']} in MongoDB, {figures['objects']} objects")
+    assert stored["rendered"] == 24 and stored["workers_started"]
+    assert (figures["reports"], figures["objects"]) == (24, 24)

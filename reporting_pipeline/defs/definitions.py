@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions, EnvVar, in_process_executor
 
 from reporting_pipeline import retry
 from reporting_pipeline.settings import Settings, variable_of
@@ -51,6 +51,11 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         schedules=[report_schedule(settings), *maintenance["schedules"]],
         sensors=report_sensors(settings),
         resources=build_resources(settings),
+        # One run, one process (one pod), for every job, Dagster's asset job of UI backfills included:
+        # a run's steps execute in the run worker itself. Killed, the run dies whole, its worker
+        # processes with it. A step process outliving its run (the multiprocess executor) could write
+        # materializations after the run was marked failed and leave the run's retry nothing to run.
+        executor=in_process_executor,
     )
 
 

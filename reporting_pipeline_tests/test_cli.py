@@ -118,7 +118,7 @@ def test_failed_runs_metric_counts_report_and_delivery_runs_only_however_launche
             broken.resolve_job_def("maintenance_job").execute_in_process(instance=instance, raise_on_error=False),
             broken.resolve_job_def("weekly_reports_job").execute_in_process(
                 instance=instance, partition_key=report_partition_key(LAST_WEEK, "01"), raise_on_error=False),
-            broken.get_implicit_global_asset_job_def().execute_in_process(
+            broken.resolve_implicit_global_asset_job_def().execute_in_process(
                 instance=instance, partition_key=report_partition_key(LAST_WEEK, "02"), raise_on_error=False,
                 asset_selection=[AssetKey(n) for n in ("fetched_records", "aggregated_tables", "report_pdfs")]),
         ]

@@ -155,7 +155,7 @@ def test_a_failed_backfill_from_the_ui_is_seen_by_status_redriven_and_alerted(pi
     broken = pipeline.definitions(mongodb_uri="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200",
                                   retry_attempts=1, redrive_max_attempts=0)
     partition = report_partition_key(LAST_WEEK, "02")
-    backfill_job = broken.get_implicit_global_asset_job_def()
+    backfill_job = broken.resolve_implicit_global_asset_job_def()
     selection = [AssetKey(name) for name in ("fetched_records", "aggregated_tables", "report_pdfs")]
     failed = backfill_job.execute_in_process(instance=instance, partition_key=partition, asset_selection=selection,
                                              tags={"dagster/backfill": "ui-backfill-1"}, raise_on_error=False)

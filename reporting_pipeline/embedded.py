@@ -59,6 +59,7 @@ class SmtpServer:
 
     def __init__(self, handler, port: int | None = None):
         self.handler = handler
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every recipient at INFO
         self.port = port or free_port()
         self.controller = Controller(handler, hostname="127.0.0.1", port=self.port)
 

@@ -417,7 +417,8 @@ def deliver_shard(
                     record_dead_letter(db, subscription_id=sub_id, week=week.key, stage="deliver", error=error)
                     summary.failed += 1
                     if log:
-                        log.warning(f"delivery failed for subscription {sub_id}: {type(error).__name__}")
+                        # No ids in the run's log: the dead letter in MongoDB says whose delivery failed.
+                        log.warning(f"a delivery failed: {type(error).__name__} (see dead letters)")
                     breaker.failed(error)
                     continue
                 breaker.succeeded()

@@ -22,13 +22,14 @@ from .jobs import RUN_RETRY_TAGS
 from .resources import MongoResource, S3Resource
 
 GROUP = "maintenance"
-SAMPLES_IN_LOG = 5
 
 
-def _log_samples(log, report: ReconcileReport) -> None:
+def _log_findings(log, report: ReconcileReport) -> None:
+    # Counts only: object keys name trials and participants, and Dagster's event log is no place for
+    # them. `reporting-pipeline reconcile` shows an operator sample keys in their own terminal.
     for kind, count in report.found.items():
         if count:
-            log.warning(f"{kind}: {count}, e.g. {', '.join(report.samples[kind][:SAMPLES_IN_LOG])}")
+            log.warning(f"{kind}: {count} (sample keys: `reporting-pipeline reconcile`)")
 
 
 def maintenance_definitions(settings: Settings) -> dict:
@@ -52,7 +53,7 @@ def maintenance_definitions(settings: Settings) -> dict:
     def storage_reconciliation(context: AssetExecutionContext, mongo: MongoResource, s3: S3Resource) -> MaterializeResult:
         """S3 objects and MongoDB metadata compared; orphans, missing and changed objects repaired where possible."""
         report = run_reconcile(mongo, s3, repair=True)
-        _log_samples(context.log, report)
+        _log_findings(context.log, report)
         context.log.info(f"reconciliation: {report.as_metadata()}")
         return MaterializeResult(metadata=report.as_metadata())
 
@@ -60,7 +61,7 @@ def maintenance_definitions(settings: Settings) -> dict:
     def storage_is_consistent(context: AssetCheckExecutionContext, mongo: MongoResource,
                               s3: S3Resource) -> AssetCheckResult:
         report = run_reconcile(mongo, s3, repair=False)
-        _log_samples(context.log, report)
+        _log_findings(context.log, report)
         return AssetCheckResult(passed=report.clean, metadata=report.as_metadata())
 
     maintenance_job = define_asset_job(

@@ -99,9 +99,13 @@ _ERROR_DESCRIPTIONS = {
 
 
 def _errors(*statuses: int) -> dict:
+    # The schema by reference, not `model`: FastAPI would give a route's errors its success media type
+    # (text/html on the unsubscribe page), and errors are always JSON. ErrorBody is put in the components
+    # by create_app.
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     documented = {}
     for status in statuses:
-        documented[status] = {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status]}
+        documented[status] = {"content": content, "description": _ERROR_DESCRIPTIONS[status]}
         if status == 401:
             documented[status]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         if status == 503:
@@ -225,8 +229,11 @@ def create_app(get_db, jwt_settings: JwtSettings, *, docs: bool = False) -> Fast
                 for operation in operations.values():
                     if "HTTPValidationError" in str(operation["responses"].get("422", "")):
                         del operation["responses"]["422"]
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
+                schemas.pop(name, None)
+            error_body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(error_body.pop("$defs"), ErrorBody=error_body)
         return app.openapi_schema
 
     app.openapi = openapi

@@ -50,6 +50,7 @@ setup(
             # Only for the DejaVu Sans it ships: Latin, Greek and Cyrillic for `make demo` and the tests on a
             # machine without Debian's Noto fonts (the image installs those).
             "matplotlib>=3.8",
+            "schemathesis>=4.32,<5",  # the API tests fuzz it from its OpenAPI document
         ],
     },
     entry_points={

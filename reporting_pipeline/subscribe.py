@@ -70,7 +70,7 @@ def subscription_id(trial_id: str, participant_id: str) -> str:
 def check_enrollment(db: Database, trial_id: str, participant_id: str) -> dict:
     """The enrollment that allows a subscription, or the specific reason it does not."""
     if db[mongo.TRIALS].find_one({"_id": trial_id}, {"_id": 1}) is None:
-        raise UnknownTrial(f"trial {trial_id} does not exist")
+        raise UnknownTrial("no such trial")
     enrollment = db[mongo.ENROLLMENTS].find_one({"trial_id": trial_id, "participant_id": participant_id})
     if enrollment is None:
         raise NotEnrolled("not enrolled in this trial")
@@ -90,7 +90,7 @@ def subscribe(
         try:
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidTimezone(f"unknown timezone {timezone!r}") from None
+            raise InvalidTimezone("unknown timezone: use an IANA name such as Europe/Berlin") from None
     enrollment = check_enrollment(db, trial_id, participant_id)
     now = now or datetime.now(UTC)
     sub_id = subscription_id(trial_id, participant_id)

@@ -1,4 +1,7 @@
-"""The subscription API over HTTP (FastAPI's TestClient), MongoDB through pymongo's API (mongomock)."""
+"""The subscription API over HTTP (FastAPI's TestClient), MongoDB through pymongo's API (mongomock).
+
+What TestClient would hide (raw bytes, chunked bodies, HEAD) is in test_api_http.py.
+"""
 
 import time
 from datetime import UTC, datetime
@@ -188,5 +191,56 @@ def test_invalid_unsubscribe_tokens(client, bad):
 
 def test_health_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok"}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/subscriptions", "/v1/subscriptions/{subscription_id}", "/v1/unsubscribe/{token}"} <= set(paths)
+
+
+def test_openapi_documents_bearer_auth_and_the_errors_actually_sent(client):
+    document = client.get("/openapi.json").json()
+    components = document["components"]
+    assert components["securitySchemes"] == {"HTTPBearer": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "JWT whose subject is the participant id"}}
+    assert "HTTPValidationError" not in components["schemas"]  # FastAPI's {"detail": [...]}, never sent
+    assert components["schemas"]["ErrorBody"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert set(components["schemas"]["ErrorDetail"]["required"]) == {"code", "message"}
+    error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    expected = {
+        ("post", "/v1/subscriptions"): {"400", "401", "403", "404", "413", "422", "503"},
+        ("get", "/v1/subscriptions"): {"401", "503"},
+        ("delete", "/v1/subscriptions/{subscription_id}"): {"401", "404", "503"},
+        ("get", "/v1/unsubscribe/{token}"): {"404", "503"},
+        ("post", "/v1/unsubscribe/{token}"): {"404", "413", "503"},
+        ("get", "/readyz"): {"503"},
+        ("get", "/healthz"): set(),
+    }
+    for (method, path), errors in expected.items():
+        operation = document["paths"][path][method]
+        assert {s for s in operation["responses"] if s >= "400"} == errors, (method, path)
+        assert all(operation["responses"][s]["content"] == error_ref for s in errors)
+        protected = path.startswith("/v1/subscriptions")
+        assert operation.get("security") == ([{"HTTPBearer": []}] if protected else None), (method, path)
+    assert document["paths"]["/readyz"]["get"]["responses"]["503"]["headers"]["Retry-After"]
+    timezone = components["schemas"]["SubscribeRequest"]["properties"]["timezone"]
+    assert timezone["description"] == "IANA time zone name" and timezone["examples"] == ["Europe/Berlin"]
+    names = timezone["anyOf"][0]["enum"]
+    assert "Europe/Berlin" in names and "Mars/Olympus" not in names and len(names) > 300
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"trial_id": "P-001-secret-trial"}, "unknown_trial"),
+    ({"trial_id": "T1", "timezone": "P-001-secret-zone"}, "invalid_timezone"),
+    ({"trial_id": "T1", "P-001-secret-field": "x"}, "invalid_request"),
+])
+def test_error_messages_do_not_echo_the_input(client, body, code):
+    response = client.post("/v1/subscriptions", json=body, headers=auth())
+    assert error_code(response) == code
+    assert b"secret" not in response.content and b"P-001" not in response.content
+
+
+def test_timezone_outside_the_documented_names_is_invalid_timezone(client, db):
+    # ZoneInfo loads "posixrules", but it is no IANA zone name and not in the documented enum.
+    response = client.post("/v1/subscriptions", json={"trial_id": "T1", "timezone": "posixrules"}, headers=auth())
+    assert response.status_code == 422 and error_code(response) == "invalid_timezone"
+    assert db[mongo.SUBSCRIPTIONS].count_documents({}) == 0

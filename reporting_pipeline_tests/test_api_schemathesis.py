@@ -1,0 +1,53 @@
+"""Schemathesis fuzzes the API from its own OpenAPI document with every check, with and without a valid token."""
+
+import mongomock
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import CHECKS, load_all_checks
+
+from reporting_pipeline import mongo
+from reporting_pipeline.api import JwtSettings, create_app
+
+from .test_api import AUDIENCE, ISSUER, SECRET, auth
+
+load_all_checks()
+ALL_CHECKS = list(CHECKS.get_all())
+# Per run; eight runs keep the module well under 30 s on a busy machine.
+MAX_EXAMPLES = 60
+
+
+@pytest.fixture(scope="module")
+def schema():
+    database = mongomock.MongoClient(tz_aware=True).db
+    mongo.ensure_indexes(database)
+    database[mongo.TRIALS].insert_one({"_id": "T1"})
+    database[mongo.ENROLLMENTS].insert_one({"_id": "e1", "trial_id": "T1", "participant_id": "P-001",
+                                            "email": "p1@example.org", "status": "active",
+                                            "consent_electronic_reports": True})
+    app = create_app(lambda: database, JwtSettings(SECRET, "HS256", ISSUER, AUDIENCE))
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+CASES = {}
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+@pytest.mark.parametrize("with_token", [True, False], ids=["valid-token", "no-token"])
+def test_schemathesis_finds_nothing(schema, mode, with_token):
+    count = 0
+
+    @given(case=schema.as_strategy(generation_mode=mode))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        nonlocal count
+        count += 1
+        # A fresh token for each case: a generated one would be refused before the route runs.
+        case.call_and_validate(headers=auth() if with_token else None, checks=ALL_CHECKS)
+
+    run()
+    assert count > 0
+    print(f"schemathesis: {count} test cases ({mode}, {'valid token' if with_token else 'no token'}), "
+          f"checks: {', '.join(c.__name__ for c in ALL_CHECKS)}")

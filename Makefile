@@ -1,5 +1,8 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
-PYTHON ?= $(shell command -v python3.13 || command -v python3)
+# The newest Python >= 3.11 on the PATH. Each candidate is run, not just found: a pyenv shim exists for
+# every installed version but fails outside the directories that select it.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && command -v $$p && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,7 +12,8 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): setup.py
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 13), "Python >= 3.13 is required, found " + sys.version' 
+	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required: no python3.13, python3.12, python3.11 or python3 >= 3.11 on the PATH" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -11,12 +11,26 @@ DAGSTER = [
     "dagster-postgres==0.29.27",
 ]
 
+# Stand-ins for MongoDB, S3 and SMTP used by `reporting-pipeline demo`, `reporting-pipeline dev` and the tests.
+# An extra, so the production image (`pip install .`) carries none of them.
+LOCAL = [
+    "mongomock>=4.3",
+    "moto[s3,server]>=5.1",
+    "aiosmtpd>=1.4.6",
+    # MongoDB-wire server of `reporting-pipeline dev`; it needs Python 3.13, so below that `dev` and the
+    # tests that share a database between processes are unavailable (the tests skip).
+    "mongoeco>=4.11; python_version >= '3.13'",
+    # Only for the DejaVu Sans it ships: Latin, Greek and Cyrillic for `make demo` and the tests on a
+    # machine without Debian's Noto fonts (the image installs those).
+    "matplotlib>=3.8",
+]
+
 setup(
     name="reporting_pipeline",
     version="0.1.0",
     description="Weekly PDF reports for clinical-trial participants, orchestrated by Dagster.",
     packages=find_packages(exclude=["reporting_pipeline_tests*"]),
-    python_requires=">=3.13",
+    python_requires=">=3.11",
     install_requires=[
         *DAGSTER,
         "pymongo>=4.10,<5",
@@ -34,22 +48,16 @@ setup(
         "pyjwt[crypto]>=2.9",
         # DKIM signatures on the report emails.
         "dkimpy>=1.1",
-        # Embedded services for `reporting-pipeline demo` and local development.
-        "mongomock>=4.3",
-        "moto[s3,server]>=5.1",
-        "aiosmtpd>=1.4.6",
-        "mongoeco>=4.11; python_version >= '3.13'",  # MongoDB-wire server of `reporting-pipeline dev`
     ],
     extras_require={
+        "local": LOCAL,
         "dev": [
+            *LOCAL,
             "pytest>=8",
             "httpx>=0.27",
             "pypdf>=5",
             "selenium>=4.20",
             "fonttools>=4.50",  # render tests read the embedded font programs
-            # Only for the DejaVu Sans it ships: Latin, Greek and Cyrillic for `make demo` and the tests on a
-            # machine without Debian's Noto fonts (the image installs those).
-            "matplotlib>=3.8",
             "schemathesis>=4.32,<5",  # the API tests fuzz it from its OpenAPI document
         ],
     },

@@ -7,9 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from .dev import add_dev_arguments, dev_main
-from .outbox import add_outbox_arguments, outbox_main
-
 
 def _seed(args) -> int:
     from .objectstore import ensure_bucket
@@ -196,7 +193,24 @@ def _demo(args) -> int:
     return 0 if summary["emails_sent"] == summary["subscribers"] and not summary["failed_runs"] else 1
 
 
+# `dev` and `outbox` run the local stand-ins (the `local` extra), which a production install lacks: their
+# modules are imported only when the parser is built (standard library only) or the command runs.
+def _dev(args) -> int:
+    from .dev import dev_main
+
+    return dev_main(args)
+
+
+def _outbox(args) -> int:
+    from .outbox import outbox_main
+
+    return outbox_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .dev import add_dev_arguments
+    from .outbox import add_outbox_arguments
+
     parser = argparse.ArgumentParser(prog="reporting-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("seed", help="create synthetic trials, subscriptions, records and files")
@@ -247,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_status)
     p = sub.add_parser("dev", help="run Dagster (UI, daemon) with local MongoDB, S3 and SMTP stand-ins")
     add_dev_arguments(p)
-    p.set_defaults(func=dev_main)
+    p.set_defaults(func=_dev)
     p = sub.add_parser("outbox", help="list the emails the dev stack's SMTP sink saved")
     add_outbox_arguments(p)
-    p.set_defaults(func=outbox_main)
+    p.set_defaults(func=_outbox)
     p = sub.add_parser("demo", help="run one weekly cycle on embedded services and write the results")
     p.add_argument("--subscribers", type=int, default=24)
     p.add_argument("--out", default="demo-output")
@@ -260,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
     if getattr(args, "subscribers", 1) < 1:
         parser.error("--subscribers must be at least 1")
-    if args.func not in (dev_main, outbox_main, _demo):  # these set up their own environment
+    if args.func not in (_dev, _outbox, _demo):  # these set up their own environment
         from .settings import Settings, SettingsError
 
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import os
 import select
@@ -343,6 +344,14 @@ def dev_main(args) -> int:
     embedded_mongo = not os.environ.get("MONGODB_URI")
     embedded_s3 = not os.environ.get("AWS_ENDPOINT_URL")
     embedded_smtp = not os.environ.get("SMTP_HOST")
+    # The stand-ins come with the `local` extra; mongoeco only on Python >= 3.13.
+    missing = [package for package, wanted in (("mongoeco", embedded_mongo), ("moto", embedded_s3),
+                                              ("aiosmtpd", embedded_smtp))
+               if wanted and importlib.util.find_spec(package) is None]
+    if missing:
+        print(f"reporting-pipeline dev: {', '.join(missing)} not installed: pip install -e '.[local]' "
+              "(mongoeco needs Python >= 3.13; or point MONGODB_URI at a MongoDB)", file=sys.stderr)
+        return 2
     wanted = [("Dagster UI", "--ui-port", args.host, args.ui_port)]
     wanted += [("MongoDB", "--mongo-port", "127.0.0.1", args.mongo_port)] if embedded_mongo else []
     wanted += [("S3", "--s3-port", "127.0.0.1", args.s3_port)] if embedded_s3 else []

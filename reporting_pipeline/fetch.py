@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from itertools import batched
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from botocore.exceptions import ClientError
 from pymongo.database import Database
 
 from . import mongo
+from .compat import batched
 from .errors import ChecksumMismatch, FileTooLarge, Issue, MalformedRecord, MissingObject, ReportInputError
 from .objectstore import is_not_found, sha256_hex
 from .retry import call_with_retry, captured

@@ -18,12 +18,12 @@ from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, parseaddr
 from functools import partial
 from html import escape
-from itertools import batched
 
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from . import mongo
+from .compat import batched
 from .dead_letters import record_dead_letter, resolve_dead_letters
 from .dkim_sign import DkimSigner, signer_for
 from .errors import InvalidEmailAddress

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import batched
 
 from botocore.exceptions import ClientError
 from pymongo.database import Database
 
 from . import mongo
+from .compat import batched
 from .weeks import as_utc
 from .retry import call_with_retry
 

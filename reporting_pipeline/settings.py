@@ -16,6 +16,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .compat import process_cpu_count
+
 # SigV4 pre-signed URLs are valid for at most seven days.
 MAX_LINK_TTL_HOURS = 168
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -30,7 +32,7 @@ def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
 
     os.cpu_count() counts the node's cores; a pod limited to 2 CPUs on a 64-core node must not start 64 workers.
     """
-    cpus = os.process_cpu_count() or 1
+    cpus = process_cpu_count() or 1
     try:
         quota, period = Path(cpu_max).read_text().split()[:2]
         if quota != "max":

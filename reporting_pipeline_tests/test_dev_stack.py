@@ -31,6 +31,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 8
 BUCKET = "clinical-reports"
+NUL = b"\0"
 # Anything the developer's shell points at elsewhere would stop the stand-ins from starting.
 FOREIGN_ENV = ("MONGODB_URI", "AWS_ENDPOINT_URL", "SMTP_HOST", "DAGSTER_HOME", "REPORTS_BUCKET",
                "REPORT_FIRST_WEEK", "REPORT_SHARDS", "REPORT_TIMEZONE", "DAGSTER_UI_URL",
@@ -124,7 +125,8 @@ class DevStack:
                         left.add(pid)
             except OSError:
                 pass
-        return [f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(b'\0', b' ')[:200]!r}"
+        # No backslash inside the f-string: Python 3.11 cannot even parse the module then.
+        return [f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(NUL, b' ')[:200]!r}"
                 for pid in sorted(left) if Path(f"/proc/{pid}").exists()]
 
     def stop(self, timeout: float = 90) -> int:

@@ -68,7 +68,7 @@ def test_only_settings_reads_the_pipelines_variables():
 
 
 def test_worker_processes_follow_a_kubernetes_cpu_limit_not_the_node(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "process_cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 64, raising=False)  # absent before Python 3.13
     limit = tmp_path / "cpu.max"
     limit.write_text("150000 100000\n")  # limits.cpu: 1500m
     assert available_cpus(str(limit)) == 2

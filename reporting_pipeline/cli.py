@@ -125,7 +125,7 @@ def _api(args) -> int:
 
     from .api import build_app
 
-    uvicorn.run(build_app(args.settings), host=args.host, port=args.port, log_level="info",
+    uvicorn.run(build_app(args.settings, docs=args.settings.api_docs), host=args.host, port=args.port, log_level="info",
                 access_log=False)  # access logs would record one-click unsubscribe tokens
     return 0
 

@@ -173,6 +173,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("JWT_PUBLIC_KEY", "jwt_public_key", help="RS256 public key (PEM) of API tokens"),
     Var("JWT_ISSUER", "jwt_issuer", help="expected token issuer"),
     Var("JWT_AUDIENCE", "jwt_audience", help="expected token audience"),
+    Var("API_DOCS", "api_docs", _bool, help="serve the API's /docs and /redoc pages"),
 )
 
 
@@ -220,6 +221,7 @@ class Settings:
     jwt_public_key: str | None = field(default=None, repr=False)
     jwt_issuer: str = "https://auth.example.org/"
     jwt_audience: str = "trial-reports"
+    api_docs: bool = False
 
     def __post_init__(self):
         # Constructed in code (tests) or from the environment: the same checks, naming the variable.

@@ -70,8 +70,8 @@ def request(method: str, path: str, headers: dict | None = None, body: bytes = b
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-@pytest.fixture
-def db():
+def enrolled_database():
+    """An in-process database with one trial and one consenting participant, P-001."""
     database = mongomock.MongoClient(tz_aware=True).db
     mongo.ensure_indexes(database)
     database[mongo.TRIALS].insert_one({"_id": "T1"})
@@ -79,6 +79,11 @@ def db():
                                             "email": "p1@example.org", "status": "active",
                                             "consent_electronic_reports": True})
     return database
+
+
+@pytest.fixture
+def db():
+    return enrolled_database()
 
 
 @pytest.fixture

@@ -1,16 +1,15 @@
 """Schemathesis fuzzes the API from its own OpenAPI document with every check, with and without a valid token."""
 
-import mongomock
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
-from reporting_pipeline import mongo
 from reporting_pipeline.api import JwtSettings, create_app
 
 from .test_api import AUDIENCE, ISSUER, SECRET, auth
+from .test_api_http import enrolled_database
 
 load_all_checks()
 ALL_CHECKS = list(CHECKS.get_all())
@@ -20,12 +19,7 @@ MAX_EXAMPLES = 60
 
 @pytest.fixture(scope="module")
 def schema():
-    database = mongomock.MongoClient(tz_aware=True).db
-    mongo.ensure_indexes(database)
-    database[mongo.TRIALS].insert_one({"_id": "T1"})
-    database[mongo.ENROLLMENTS].insert_one({"_id": "e1", "trial_id": "T1", "participant_id": "P-001",
-                                            "email": "p1@example.org", "status": "active",
-                                            "consent_electronic_reports": True})
+    database = enrolled_database()
     app = create_app(lambda: database, JwtSettings(SECRET, "HS256", ISSUER, AUDIENCE))
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 

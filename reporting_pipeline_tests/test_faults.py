@@ -71,6 +71,23 @@ def child(*jobs, **env):
     )
 
 
+class KillAtUpload:
+    """Has the S3 server SIGKILL the run (`process`, set once started) as its `n`-th report upload arrives."""
+
+    def __init__(self, server: FaultyS3Server, n: int):
+        self.n, self.uploads, self.process = n, 0, None
+        server.fail_if, server.enabled = self, True
+
+    def __call__(self, method: str, path: str) -> bool:
+        if method != "PUT" or "/reports/" not in path:
+            return False
+        self.uploads += 1
+        if self.uploads == self.n:
+            os.kill(self.process.pid, signal.SIGKILL)
+            return True
+        return False
+
+
 def report_objects(world) -> list[str]:
     pages = world.s3.get_paginator("list_objects_v2").paginate(Bucket=world.pipeline.bucket, Prefix="reports/")
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
@@ -92,18 +109,8 @@ def outcome(world, messages) -> dict:
 
 @needs_wire_server
 def test_sigkill_while_rendering_then_rerun_loses_nothing_and_duplicates_nothing(world):
-    uploads = []
-
-    def kill_at_fourth_upload(method, path):  # the run dies as S3 receives its fourth report
-        if method == "PUT" and "/reports/" in path:
-            uploads.append(path)
-            if len(uploads) == 4:
-                os.kill(run.pid, signal.SIGKILL)
-                return True
-        return False
-
-    world.s3_server.fail_if, world.s3_server.enabled = kill_at_fourth_upload, True
-    run = child("weekly_reports_job")
+    kill = KillAtUpload(world.s3_server, 4)  # the run dies as S3 receives its fourth report
+    run = kill.process = child("weekly_reports_job")
     assert run.wait(180) == -signal.SIGKILL
     world.s3_server.enabled = False
     at_kill = len(report_objects(world))
@@ -359,20 +366,10 @@ def test_a_killed_report_run_leaves_no_process_behind_and_its_retry_finishes(wor
     marker = f"KILLED_RUN_MARKER={os.urandom(6).hex()}"
     # Batches of 10: the shard's 24 subscribers take worker processes, which must die with the run.
     env = {"DAGSTER_HOME": str(home), "REPORT_SHARDS": "1", "REPORT_BATCH_SIZE": "10", marker.split("=")[0]: marker.split("=")[1]}
-    uploads = []
-
-    def kill_at_fifth_upload(method, path):
-        if method == "PUT" and "/reports/" in path:
-            uploads.append(path)
-            if len(uploads) == 5:
-                os.kill(run.pid, signal.SIGKILL)
-                return True
-        return False
-
-    world.s3_server.fail_if, world.s3_server.enabled = kill_at_fifth_upload, True
-    run = subprocess.Popen([sys.executable, "-m", "reporting_pipeline_tests.launch_run", LAST_WEEK, "00",
-                            "weekly_reports_job"], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    kill = KillAtUpload(world.s3_server, 5)
+    run = kill.process = subprocess.Popen(
+        [sys.executable, "-m", "reporting_pipeline_tests.launch_run", LAST_WEEK, "00", "weekly_reports_job"],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert run.wait(180) == -signal.SIGKILL
     world.s3_server.enabled = False
     # Workers exit when their run's process does (a pidfd wakes them): awaited, with a deadline.

@@ -401,10 +401,17 @@ def main() -> None:
               f"workers started: {point['workers_started']}", flush=True)
     results["ratio_to_render_limit_all_cores"] = e2e["ratio_to_render_limit_all_cores"]
     results["cpu_ratio_to_render"] = e2e["cpu_ratio_to_render"]
+    target = HERE / ("results-quick.json" if args.quick else "results.json")
+
+    def save():  # after every stage: a long run cut short keeps what it measured
+        target.write_text(json.dumps(results, indent=2) + "\n")
+
+    save()
     results["scale"] = []
     for n in sizes:
         point = in_subprocess(n)
         results["scale"].append(point)
+        save()
         print(f"scale {n}: {point['wall_seconds']} s, {point['reports_per_s']} reports/s, "
               f"run RSS {point['run_rss_mib']} MiB", flush=True)
     if len(results["scale"]) >= 2:
@@ -431,8 +438,7 @@ def main() -> None:
         print(f"{'scale ' + str(p['subscribers']) + ' launch->1st subscriber (s)':34} {p['launch_to_first_subscriber_s']:>14}")
     if "rss_ratio_large_to_small" in results:
         print(f"{'run RSS ratio largest/smallest':34} {results['rss_ratio_large_to_small']:>14}")
-    target = HERE / ("results-quick.json" if args.quick else "results.json")
-    target.write_text(json.dumps(results, indent=2) + "\n")
+    save()
     print(f"\nwritten to {target}")
 
 

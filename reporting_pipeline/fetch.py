@@ -119,20 +119,23 @@ def read_file(s3, bucket: str, meta: dict) -> FileItem:
     return FileItem(ref, meta.get("kind", ""), as_utc(meta["recorded_at"]), meta.get("content_type", ""), data)
 
 
-def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_size: int,
-                         only: list[str] | None = None):
-    """Cursor over one shard's active subscriptions (or just `only` of them), in a stable order."""
+def _shard_query(shard_id: str, shard_count: int, only: list[str] | None) -> dict:
+    """One shard's active subscriptions, or just `only` of them."""
     query = {"status": "active", **shard_filter(shard_id, shard_count)}
     if only:
         query["_id"] = {"$in": list(only)}
-    return db[mongo.SUBSCRIPTIONS].find(query).sort("_id", 1).batch_size(batch_size)
+    return query
+
+
+def active_subscriptions(db: Database, shard_id: str, shard_count: int, batch_size: int,
+                         only: list[str] | None = None):
+    """Cursor over one shard's active subscriptions (or just `only` of them), in a stable order."""
+    return db[mongo.SUBSCRIPTIONS].find(_shard_query(shard_id, shard_count, only)).sort("_id", 1).batch_size(batch_size)
 
 
 def count_subscriptions(db: Database, shard_id: str, shard_count: int, only: list[str] | None = None) -> int:
     """How many subscribers `active_subscriptions` will yield (through the same index)."""
-    query = {"status": "active", **shard_filter(shard_id, shard_count)}
-    if only:
-        query["_id"] = {"$in": list(only)}
+    query = _shard_query(shard_id, shard_count, only)
     return call_with_retry(lambda: db[mongo.SUBSCRIPTIONS].count_documents(query))
 
 

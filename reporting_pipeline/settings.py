@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -261,9 +261,6 @@ class Settings:
                 shown = "(hidden)" if var.field in _SECRET_FIELDS else repr(text)
                 raise SettingsError(f"{var.name} {error}, got {shown}") from None
         return cls(**{**values, **overrides})
-
-    def replace(self, **changes) -> "Settings":
-        return replace(self, **changes)
 
     @property
     def redrive_base_delay(self) -> timedelta:

@@ -66,7 +66,7 @@ class Encryption:
 
 
 def put_if_changed(client, bucket: str, key: str, data: bytes, content_type: str, encryption: Encryption,
-                   look_first: bool = True) -> bool:
+                   look_first: bool = True, metadata: dict | None = None) -> bool:
     """Write `data` under `key` unless the same bytes are already there; True if it wrote.
 
     Skipping identical bytes keeps a rerun from creating a new object version. `look_first=False`
@@ -85,7 +85,7 @@ def put_if_changed(client, bucket: str, key: str, data: bytes, content_type: str
         Key=key,
         Body=data,
         ContentType=content_type,
-        Metadata={"sha256": digest},
+        Metadata={**(metadata or {}), "sha256": digest},
         **encryption.put_args(),
     )
     return True

@@ -22,7 +22,9 @@ from . import mongo
 from .weeks import as_utc
 from .objectstore import Encryption, is_not_found
 from .redrive import REDRIVE_REQUESTS, queue_redrive
+from .retain import report_written_at
 from .retry import call_with_retry
+from .store import recorded_at_of
 
 FILES_PREFIX = "files/"
 REPORTS_PREFIX = "reports/"
@@ -33,6 +35,8 @@ IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "gif", "webp"}
 MISSING_REASON = "reconcile: report object missing"
 CHANGED_REASON = "reconcile: report object changed"
 _FILE_KEY = re.compile(r"^files/([^/]+)/([^/]+)/([^/]+)\.([A-Za-z0-9]+)$")
+_REPORT_KEY = re.compile(r"^reports/([^/]+)/([^/]+)/([^/]+)\.pdf$")  # reports/<week>/<shard>/<subscription>.pdf
+AUDIT = "delivery_audit"
 _CHUNK = 1024 * 1024
 
 
@@ -181,6 +185,32 @@ def _delete_object(s3, bucket: str, key: str) -> None:
     call_with_retry(lambda: s3.delete_object(Bucket=bucket, Key=key))
 
 
+def _rebuild_delivered(db: Database, s3, bucket: str, obj: dict, now: datetime) -> bool:
+    """Rebuild the `reports` record of an orphan report object that the delivery ledger refers to; False if none does."""
+    match = _REPORT_KEY.match(obj["Key"])
+    if not match:
+        return False
+    week, shard, subscription = match.groups()
+    delivery = db[mongo.DELIVERIES].find_one({"_id": f"{subscription}:{week}"})
+    audited = db[AUDIT].find_one({"s3_key": obj["Key"]}, {"_id": 1})
+    if delivery is None and audited is None:
+        return False
+    sha256, size = _digest(s3, bucket, obj["Key"])
+    written = as_utc(obj["LastModified"])
+    db[mongo.REPORTS].update_one(
+        {"subscription_id": subscription, "week": week},
+        {"$set": {"subscription_id": subscription, "week": week, "shard": shard, "s3_key": obj["Key"],
+                  "sha256": sha256, "size": size, "rendered_at": written, "rebuilt_at": now,
+                  **({"delivery_state": "sent"} if delivery and delivery.get("status") == "sent" else {})},
+         "$setOnInsert": {"created_at": written}},
+        upsert=True)
+    return True
+
+
+def _recorded_at(head: dict | None) -> datetime | None:
+    return recorded_at_of((head or {}).get("Metadata", {}))
+
+
 def _reregister(db: Database, s3, bucket: str, obj: dict, now: datetime) -> str:
     """Register an orphan file from its key and bytes: "registered", "unparseable" or "id_taken"."""
     match = _FILE_KEY.match(obj["Key"])
@@ -188,12 +218,16 @@ def _reregister(db: Database, s3, bucket: str, obj: dict, now: datetime) -> str:
         return "unparseable"
     trial_id, participant_id, file_id, extension = match.groups()
     sha256, size = _digest(s3, bucket, obj["Key"])
+    # When the participant recorded it, as the upload wrote it on the object; never the upload time
+    # (a file recovered today would land in today's report). Unknown: kept out of every report.
+    recorded_at = _recorded_at(_head(s3, bucket, obj["Key"]))
     doc = {
         "trial_id": trial_id,
         "participant_id": participant_id,
         "kind": "image" if extension.lower() in IMAGE_EXTENSIONS else "text",
         "content_type": mimetypes.guess_type(f"x.{extension}")[0] or "application/octet-stream",
-        "recorded_at": as_utc(obj["LastModified"]),
+        "recorded_at": recorded_at,
+        "recorded_at_unknown": recorded_at is None,
         "size": size,
         "sha256": sha256,
         "reregistered_at": now,
@@ -240,10 +274,8 @@ def _rerender_requested(db: Database, rec: dict) -> bool:
 
 
 def _past_retention(rec: dict, now: datetime, retention: timedelta | None) -> bool:
-    # created_at, not rendered_at: a rerun with identical bytes bumps rendered_at but not the object's age,
-    # so a lifecycle rule may expire the object before the record looks old.
-    born = rec.get("created_at") or rec.get("rendered_at")
-    return retention is not None and born is not None and as_utc(born) < now - retention
+    written = report_written_at(rec)  # one definition of a report's age, shared with the sweeper and links
+    return retention is not None and written is not None and written < now - retention
 
 
 def reconcile(
@@ -302,7 +334,10 @@ def reconcile(
         report.records_scanned += rec is not None
         if rec is None:
             if orphan(obj, "orphan_reports", mongo.REPORTS) and repair:
-                _delete_object(s3, bucket, obj["Key"])
+                # A report someone was emailed a link to is never deleted: its record is rebuilt instead
+                # (a MongoDB restore to an older snapshot loses records, not the emails already sent).
+                if not _rebuild_delivered(db, s3, bucket, obj, now):
+                    _delete_object(s3, bucket, obj["Key"])
                 report.repaired += 1
             continue
         head = _head(s3, bucket, rec["s3_key"])

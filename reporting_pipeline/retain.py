@@ -58,10 +58,17 @@ def apply_lifecycle(s3, bucket: str, days: int) -> bool:
     return True
 
 
-def report_expires_at(report_doc: dict, days: int) -> datetime | None:
-    """When a report falls out of retention: rendered (or else created) plus `days`; None if neither is known."""
+def report_written_at(report_doc: dict) -> datetime | None:
+    """When a report's object was last written, which its age counts from (retention, link lifetime,
+    reconciliation): `rendered_at` moves only when new bytes are written (or else `created_at`)."""
     moment = report_doc.get("rendered_at") or report_doc.get("created_at")
-    return None if moment is None else as_utc(moment) + timedelta(days=days)
+    return None if moment is None else as_utc(moment)
+
+
+def report_expires_at(report_doc: dict, days: int) -> datetime | None:
+    """When a report falls out of retention: written plus `days`; None if that is not known."""
+    written = report_written_at(report_doc)
+    return None if written is None else written + timedelta(days=days)
 
 
 @dataclass

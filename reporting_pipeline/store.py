@@ -8,8 +8,22 @@ from pymongo.database import Database
 
 from . import mongo
 from .objectstore import Encryption, put_if_changed, sha256_hex
+from .weeks import as_utc
 
 PDF = "application/pdf"
+
+
+# Object metadata of a participant file: when it was recorded, so a file whose record is lost can be
+# registered again in the week it belongs to.
+RECORDED_AT_META = "recorded-at"
+
+
+def recorded_at_of(metadata: dict) -> datetime | None:
+    """The recorded-at time an upload wrote on the object, or None."""
+    try:
+        return datetime.fromisoformat(metadata[RECORDED_AT_META]).astimezone(UTC)
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def report_key(week_key: str, shard_id: str, subscription_id: str) -> str:
@@ -40,7 +54,8 @@ def store_file(
     if kind not in ("text", "image"):
         raise ValueError(f"file kind must be 'text' or 'image', got {kind!r}")
     key = file_key(trial_id, participant_id, file_id, extension)
-    put_if_changed(s3, bucket, key, data, content_type, encryption)
+    put_if_changed(s3, bucket, key, data, content_type, encryption,
+                   metadata={RECORDED_AT_META: as_utc(recorded_at).isoformat()})
     doc = {
         "_id": file_id,
         "trial_id": trial_id,

@@ -167,3 +167,53 @@ def test_page_by_page_gives_the_same_result_as_one_big_page(pipeline):
     assert by_two.findings == 8 and by_two.objects_scanned > 10
     assert max(small.pages) == 2 and len(small.pages) >= by_two.objects_scanned // 2
     assert len(large.pages) == 2  # one page per prefix
+
+
+def test_repair_never_deletes_a_report_someone_was_emailed_and_rebuilds_its_record(pipeline):
+    """A MongoDB restore to an older snapshot loses a delivered report's record: the object stays, the record
+    comes back, and the link in the participant's email still downloads it."""
+    import urllib.request
+
+    from reporting_pipeline.notify import complete_delivery, try_claim
+    from reporting_pipeline.objectstore import presigned_get_url
+
+    db, s3, bucket = pipeline.db, pipeline.s3, pipeline.bucket
+    mongo.ensure_indexes(db)
+    delivered = store_report(db, s3, bucket, pipeline.encryption, subscription_id="sub_sent", week_key=LAST_WEEK,
+                             shard_id="03", pdf=b"%PDF-1.4 sent", pages=1)
+    store_report(db, s3, bucket, pipeline.encryption, subscription_id="sub_never", week_key=LAST_WEEK,
+                 shard_id="03", pdf=b"%PDF-1.4 never sent", pages=1)
+    assert try_claim(db, "sub_sent", LAST_WEEK, "run-1", timedelta(minutes=15), "03") == "claimed"
+    complete_delivery(db, "sub_sent", LAST_WEEK, "run-1", {**delivered, "shard": "03"}, "<m@x>")
+    link = presigned_get_url(s3, bucket, delivered["s3_key"], 3600)
+    db[mongo.REPORTS].delete_many({})  # the restore: both records gone
+
+    later = datetime.now(UTC) + GRACE + timedelta(hours=1)
+    repaired = reconcile(db, s3, bucket, now=later, repair=True)
+    assert repaired.found["orphan_reports"] == 2 and repaired.repaired == 2
+    objects = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="reports/").get("Contents", [])}
+    assert objects == {delivered["s3_key"]}  # the one never emailed is deleted, the delivered one is not
+    rebuilt = db[mongo.REPORTS].find_one({"subscription_id": "sub_sent", "week": LAST_WEEK})
+    assert (rebuilt["s3_key"], rebuilt["sha256"], rebuilt["shard"], rebuilt["delivery_state"]) == (
+        delivered["s3_key"], delivered["sha256"], "03", "sent")
+    with urllib.request.urlopen(link, timeout=30) as response:
+        assert response.read() == b"%PDF-1.4 sent"
+    assert reconcile(db, s3, bucket, now=later).clean
+
+
+def test_a_reregistered_orphan_file_keeps_the_week_it_was_recorded_in(pipeline):
+    from reporting_pipeline.store import store_file
+
+    db, s3, bucket = pipeline.db, pipeline.s3, pipeline.bucket
+    recorded = datetime(2026, 11, 18, 21, 5, tzinfo=UTC)  # in the week of 16 Nov
+    store_file(db, s3, bucket, pipeline.encryption, file_id="note-lost", trial_id="T1", participant_id="P-1",
+               recorded_at=recorded, kind="text", content_type="text/plain", extension="txt", data=b"slept well")
+    put(pipeline, "files/T1/P-1/note-unknown.txt", b"uploaded by something that wrote no date")
+    db[mongo.FILES].delete_many({})  # the records are lost; the objects are orphans
+
+    later = datetime.now(UTC) + GRACE + timedelta(hours=1)
+    reconcile(db, s3, bucket, now=later, repair=True)
+    back = {f["_id"]: f for f in db[mongo.FILES].find()}
+    assert back["note-lost"]["recorded_at"] == recorded and not back["note-lost"]["recorded_at_unknown"]
+    # Without a recorded date it is registered but dated nowhere: no week's report picks it up.
+    assert back["note-unknown"]["recorded_at"] is None and back["note-unknown"]["recorded_at_unknown"]

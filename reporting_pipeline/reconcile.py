@@ -207,10 +207,6 @@ def _rebuild_delivered(db: Database, s3, bucket: str, obj: dict, now: datetime) 
     return True
 
 
-def _recorded_at(head: dict | None) -> datetime | None:
-    return recorded_at_of((head or {}).get("Metadata", {}))
-
-
 def _reregister(db: Database, s3, bucket: str, obj: dict, now: datetime) -> str:
     """Register an orphan file from its key and bytes: "registered", "unparseable" or "id_taken"."""
     match = _FILE_KEY.match(obj["Key"])
@@ -220,7 +216,7 @@ def _reregister(db: Database, s3, bucket: str, obj: dict, now: datetime) -> str:
     sha256, size = _digest(s3, bucket, obj["Key"])
     # When the participant recorded it, as the upload wrote it on the object; never the upload time
     # (a file recovered today would land in today's report). Unknown: kept out of every report.
-    recorded_at = _recorded_at(_head(s3, bucket, obj["Key"]))
+    recorded_at = recorded_at_of((_head(s3, bucket, obj["Key"]) or {}).get("Metadata", {}))
     doc = {
         "trial_id": trial_id,
         "participant_id": participant_id,

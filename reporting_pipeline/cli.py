@@ -157,16 +157,19 @@ def _dagster_figures(week: str, shard_count: int) -> tuple[dict, int | None, int
 
 
 def _status(args) -> int:
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
-    from .observe import delivery_latencies, prometheus_text, week_status
+    from .observe import dead_links, delivery_latencies, prometheus_text, week_status
     from .weeks import Week, last_complete_week
 
     settings = args.settings
     db = _database(settings)
-    week = args.week or last_complete_week(datetime.now(UTC), settings.timezone).key
+    now = datetime.now(UTC)
+    week = args.week or last_complete_week(now, settings.timezone).key
     Week.from_key(week, settings.timezone)
-    rows = week_status(db, week, settings.shards)
+    s3, bucket, _ = _storage(settings)
+    links = dead_links(db, s3, bucket, week, links_since=now - timedelta(hours=settings.link_ttl_hours))
+    rows = week_status(db, week, settings.shards, links)
     states, queued, failed = _dagster_figures(week, settings.shards)
     for row in rows:
         row.partition = states.get(row.shard, "unknown")
@@ -175,13 +178,13 @@ def _status(args) -> int:
     else:
         print(f"week {week}")
         print(f"{'shard':6} {'subscribers':>11} {'rendered':>9} {'delivered':>10} {'held':>5} {'dead letters':>13}"
-              "  latest report run")
+              f" {'dead links':>11}  latest report run")
         for r in rows:
             print(f"{r.shard:6} {r.subscribers:>11} {r.rendered:>9} {r.delivered:>10} {r.held:>5} {r.dead_letters:>13}"
-                  f"  {r.partition}")
-        fields = ("subscribers", "rendered", "delivered", "held", "dead_letters")
+                  f" {r.dead_links:>11}  {r.partition}")
+        fields = ("subscribers", "rendered", "delivered", "held", "dead_letters", "dead_links")
         total = [sum(getattr(r, f) for r in rows) for f in fields]
-        print(f"{'total':6} {total[0]:>11} {total[1]:>9} {total[2]:>10} {total[3]:>5} {total[4]:>13}")
+        print(f"{'total':6} {total[0]:>11} {total[1]:>9} {total[2]:>10} {total[3]:>5} {total[4]:>13} {total[5]:>11}")
         print("complete" if all(r.complete for r in rows) else "INCOMPLETE")
     return 0 if all(r.complete for r in rows) else 1
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from .retry import call_with_retry
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
@@ -96,3 +99,14 @@ def presigned_get_url(client, bucket: str, key: str, expires_in_seconds: int) ->
     return client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_in_seconds)
     )
+
+
+def list_objects(s3, bucket: str, prefix: str, page_size: int = 1000) -> Iterator[dict]:
+    """Objects under `prefix` in key order, one listing page in memory at a time."""
+    args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    while True:
+        page = call_with_retry(lambda: s3.list_objects_v2(**args))
+        yield from page.get("Contents", [])
+        if not page.get("IsTruncated"):
+            return
+        args["ContinuationToken"] = page["NextContinuationToken"]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 from pymongo.database import Database
 
 from . import mongo
 from .heal import held_claims
+from .objectstore import list_objects
 from .sharding import shard_filter, shard_ids, shard_of
+from .store import report_key
 from .weeks import as_utc
 
 
@@ -21,15 +24,26 @@ class ShardStatus:
     delivered: int
     dead_letters: int
     held: int = 0  # delivery claims still `sending`: in flight, or held by a run that died
+    dead_links: int = 0  # emails whose link is still valid but whose report object is gone
     partition: str = "unknown"  # the latest Dagster run's status, when an instance is at hand
 
     @property
     def complete(self) -> bool:
-        return self.delivered >= self.subscribers and self.dead_letters == 0 and self.held == 0
+        return self.delivered >= self.subscribers and self.dead_letters == 0 and self.held == 0 and self.dead_links == 0
 
 
-def week_status(db: Database, week: str, shard_count: int) -> list[ShardStatus]:
-    """Subscribers, rendered reports, sent emails and open dead letters of each shard of `week`."""
+def dead_links(db: Database, s3, bucket: str, week: str, links_since: datetime) -> Counter:
+    """Per shard, emails sent since `links_since` (so their links are still valid) whose report object is
+    missing: the participant's link would return 404. One bucket listing of the week, not a request per email."""
+    stored = {obj["Key"] for obj in list_objects(s3, bucket, f"reports/{week}/")}
+    return Counter(d.get("shard") for d in db[mongo.DELIVERIES].find(
+        {"week": week, "status": "sent", "sent_at": {"$gte": links_since}}, {"subscription_id": 1, "shard": 1})
+        if report_key(week, d.get("shard"), d["subscription_id"]) not in stored)
+
+
+def week_status(db: Database, week: str, shard_count: int, links: Counter | None = None) -> list[ShardStatus]:
+    """Subscribers, rendered reports, sent emails, held claims and open dead letters of each shard of `week`,
+    with the dead links counted by `dead_links`, if given."""
     letters = Counter(shard_of(d["subscription_id"], shard_count)
                       for d in db[mongo.DEAD_LETTERS].find({"week": week, "status": "open"}, {"subscription_id": 1}))
     held = held_claims(db, week)
@@ -42,6 +56,7 @@ def week_status(db: Database, week: str, shard_count: int) -> list[ShardStatus]:
             delivered=db[mongo.DELIVERIES].count_documents({"week": week, "shard": shard, "status": "sent"}),
             dead_letters=letters.get(shard, 0),
             held=held.get(shard, 0),
+            dead_links=(links or {}).get(shard, 0),
         ))
     return rows
 
@@ -69,7 +84,8 @@ def prometheus_text(rows: list[ShardStatus], week: str, latencies: list[float], 
 
     for field, help_text in (("subscribers", "Active subscribers"), ("rendered", "Reports stored"),
                              ("delivered", "Emails sent"), ("dead_letters", "Open dead letters"),
-                             ("held", "Delivery claims still held")):
+                             ("held", "Delivery claims still held"),
+                             ("dead_links", "Emailed links whose report is missing")):
         metric(f"reporting_{field}", "gauge", f"{help_text} per shard of the week",
                [({"week": week, "shard": r.shard}, asdict(r)[field]) for r in rows])
     if queued_runs is not None:

@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from . import mongo
 from .weeks import as_utc
-from .objectstore import Encryption, is_not_found
+from .objectstore import Encryption, is_not_found, list_objects
 from .redrive import REDRIVE_REQUESTS, queue_redrive
 from .retain import report_written_at
 from .retry import call_with_retry
@@ -98,17 +98,6 @@ class ReconcileReport:
             "past_retention": self.past_retention,
             **self.found,
         }
-
-
-def _objects(s3, bucket: str, prefix: str, page_size: int) -> Iterator[dict]:
-    """Objects under `prefix` in key order, one listing page in memory at a time."""
-    args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-    while True:
-        page = call_with_retry(lambda: s3.list_objects_v2(**args))
-        yield from page.get("Contents", [])
-        if not page.get("IsTruncated"):
-            return
-        args["ContinuationToken"] = page["NextContinuationToken"]
 
 
 def _records(db: Database, collection: str, prefix: str, page_size: int, fields: tuple[str, ...]):
@@ -304,7 +293,7 @@ def reconcile(
         return True
 
     files = _records(db, mongo.FILES, FILES_PREFIX, page_size, ("size", "sha256"))
-    for obj, rec in _merge(_objects(s3, bucket, FILES_PREFIX, page_size), files):
+    for obj, rec in _merge(list_objects(s3, bucket, FILES_PREFIX, page_size), files):
         report.objects_scanned += obj is not None
         report.records_scanned += rec is not None
         if rec is None:
@@ -325,7 +314,7 @@ def reconcile(
     rerenders = _Rerenders(db, report)
     fields = ("size", "sha256", "week", "shard", "subscription_id", "rendered_at", "created_at")
     reports = _records(db, mongo.REPORTS, REPORTS_PREFIX, page_size, fields)
-    for obj, rec in _merge(_objects(s3, bucket, REPORTS_PREFIX, page_size), reports):
+    for obj, rec in _merge(list_objects(s3, bucket, REPORTS_PREFIX, page_size), reports):
         report.objects_scanned += obj is not None
         report.records_scanned += rec is not None
         if rec is None:

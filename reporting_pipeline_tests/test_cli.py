@@ -81,7 +81,7 @@ def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeli
         done = cli("status", "--week", LAST_WEEK, env=env)
         assert done.returncode == 1 and "INCOMPLETE" in done.stdout
         total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
-        assert total[1:] == ["6", "6", "5", "0", "1"]  # subscribers, rendered, delivered, held claims, dead letters
+        assert total[1:] == ["6", "6", "5", "0", "1", "0"]  # subscribers, rendered, delivered, held, dead letters, links
         metrics = cli("status", "--week", LAST_WEEK, "--prometheus", env=env).stdout
         sent = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                    if line.startswith("reporting_delivered{"))
@@ -98,6 +98,21 @@ def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeli
         done = cli("status", "--week", LAST_WEEK, env=env)
         total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
         assert done.returncode == 1 and total[4] == "1" and "INCOMPLETE" in done.stdout
+        db[mongo.DELIVERIES].update_one({"subscription_id": seeded.subscription_ids[1]}, {"$set": {"status": "sent"}})
+
+        # A delivered report's object is gone (deleted by hand, or by a repair of old): its email's link is
+        # dead, so the week is not complete, whatever the records say.
+        gone = db[mongo.REPORTS].find_one({"subscription_id": seeded.subscription_ids[2]})
+        kept = pipeline.s3.get_object(Bucket=pipeline.bucket, Key=gone["s3_key"])["Body"].read()
+        pipeline.s3.delete_object(Bucket=pipeline.bucket, Key=gone["s3_key"])
+        done = cli("status", "--week", LAST_WEEK, env=env)
+        total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
+        assert done.returncode == 1 and total[1:] == ["5", "6", "5", "0", "0", "1"] and "INCOMPLETE" in done.stdout
+        metrics = cli("status", "--week", LAST_WEEK, "--prometheus", env=env).stdout
+        assert f'reporting_dead_links{{week="{LAST_WEEK}",shard="{gone["shard"]}"}} 1' in metrics
+        pipeline.s3.put_object(Bucket=pipeline.bucket, Key=gone["s3_key"], Body=kept)
+        done = cli("status", "--week", LAST_WEEK, env=env)
+        assert done.returncode == 0 and done.stdout.strip().endswith("complete")
 
 
 def test_failed_runs_metric_counts_report_and_delivery_runs_only_however_launched(pipeline, tmp_path):

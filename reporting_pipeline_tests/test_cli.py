@@ -4,10 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from email import message_from_bytes
 
 import pytest
 
 from reporting_pipeline import mongo
+from reporting_pipeline.seed import seed
 
 from .conftest import pdf_text
 
@@ -17,7 +19,7 @@ def cli(*args, env=None, timeout=300):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def test_demo_writes_reports_emails_and_summary(tmp_path):
+def test_demo_writes_reports_emails_and_summary(tmp_path, pipeline):
     out = tmp_path / "demo"
     done = cli("demo", "--subscribers", "5", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -28,6 +30,13 @@ def test_demo_writes_reports_emails_and_summary(tmp_path):
     assert len(pdfs) == 5 and len(list((out / "outbox").glob("*.eml"))) == 5
     assert all("Weekly report" in pdf_text(p.read_bytes()) for p in pdfs)
     assert "5 emails sent" in done.stdout and "shard 07" in done.stdout
+    # Nothing identifying in what the demo printed: the recipients (as the mail server saw them) and the
+    # participant ids (as a seed of the same five writes them) are nowhere in its output.
+    seed(pipeline.db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=5, weeks=1, photos=False)
+    identifiers = {message_from_bytes(p.read_bytes())["To"] for p in (out / "outbox").glob("*.eml")}
+    identifiers |= {e["participant_id"] for e in pipeline.db[mongo.ENROLLMENTS].find()}
+    assert len(identifiers) == 10
+    assert [i for i in identifiers if i in done.stdout + done.stderr] == []
 
 
 def test_demo_refuses_a_nonsense_subscriber_count(tmp_path):
@@ -66,7 +75,6 @@ def test_a_bad_setting_is_one_line_naming_the_variable(command):
 def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeline, instance):
     from reporting_pipeline.demo import run_weekly_cycle
     from reporting_pipeline.embedded import patched_env
-    from reporting_pipeline.seed import seed
     from reporting_pipeline.wire_mongo import MongoWireServer
 
     from .conftest import LAST_WEEK, NOW

@@ -122,27 +122,23 @@ def remote_services(work: Path):
     """
     import uuid
 
-    from reporting_pipeline.dev import Child, wait_http
+    from reporting_pipeline.dev import Child
     from reporting_pipeline.embedded import free_port, patched_env
-    from reporting_pipeline.objectstore import ensure_bucket, make_client
 
-    s3_port = free_port()
-    s3 = Child("S3 (moto)", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-               dict(os.environ), work / "s3.log")
+    s3 = Child("S3 (moto)", [sys.executable, "-m", "reporting_pipeline.embedded", "s3", "--bucket", "clinical-reports"],
+               dict(os.environ), work / "s3.log", ready_line=True)
     smtp = Child("SMTP sink", [sys.executable, "-m", "reporting_pipeline.outbox", "serve", "--port", str(free_port()),
                                "--folder", str(work / "outbox")], dict(os.environ), work / "smtp.log", ready_line=True)
     try:
         env = {
             "MONGODB_URI": f"mongomock://{uuid.uuid4().hex}",
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3.wait_ready_line(30)}",
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
             "REPORTS_BUCKET": "clinical-reports",
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.wait_ready_line(30)),
             "EMAIL_FROM": "reports@trial-reports.example.org",
         }
-        wait_http(env["AWS_ENDPOINT_URL"], s3, 30)
         with patched_env(env):
-            ensure_bucket(make_client(env["AWS_ENDPOINT_URL"]), env["REPORTS_BUCKET"])
             yield env, work / "outbox"
     finally:
         s3.stop(5)

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +57,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 _CHILD_PIDS: set[int] = set()  # reaped by their Popen objects, not by _reap_orphans
+STANDIN_START_SECONDS = 30
+SEED_SECONDS_PER_SUBSCRIBER_WEEK = 0.1  # patience for loading the seed; it takes under a tenth of that
 
 
 class StartError(RuntimeError):
@@ -215,21 +216,6 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
-def wait_http(url: str, child: Child, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            break
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answered
-        except OSError:
-            time.sleep(0.2)
-    raise StartError(f"{child.name} did not start; see {child.log}")
-
-
 def _wait_for_ui(url: str, dagster: Child, timeout: float) -> list[str]:
     """Wait until the webserver answers and the code location has loaded; its load errors, if any."""
     deadline = time.monotonic() + timeout
@@ -258,40 +244,46 @@ def _say(message: str) -> None:
     print(f"[dev] {message}", flush=True)
 
 
-def _seed(args, env: dict, embedded_mongo: bool) -> str:
-    from . import mongo
-    from .objectstore import Encryption, ensure_bucket, make_client
-    from .seed import seed
+def _seed_spec(args, env: dict, embedded_mongo: bool, now: datetime):
+    """What to seed, or None: never seed into an external database that has data (MONGODB_URI may point
+    at a shared server)."""
+    from .seed import SeedSpec
 
-    client = mongo.connect(env["MONGODB_URI"])
-    try:
-        db = client[env.get("MONGODB_DATABASE", "reporting")]
-        # Never seed into a database that has data: MONGODB_URI may point at a shared server.
-        if not embedded_mongo and db[mongo.SUBSCRIPTIONS].estimated_document_count():
-            return "has data, not seeded"
+    if args.no_seed:
+        return None
+    if not embedded_mongo:
+        from . import mongo
+
+        client = mongo.connect(env["MONGODB_URI"])
+        try:
+            if client[env.get("MONGODB_DATABASE", "reporting")][mongo.SUBSCRIPTIONS].estimated_document_count():
+                _say("demo data: the database has data, not seeded")
+                return None
+        finally:
+            client.close()  # its monitor threads must be gone before the next fork
+    return SeedSpec(args.subscribers, args.weeks, env.get("REPORT_TIMEZONE") or "UTC", now.isoformat())
+
+
+def _seed_external(spec, env: dict, embedded_mongo: bool, embedded_s3: bool) -> None:
+    """The halves of the seed that go to services we did not start: over the network, files first."""
+    from . import mongo
+    from .objectstore import Encryption, ensure_bucket, make_client, put_if_changed
+    from .seed import seed_documents, seed_objects
+    from .store import file_metadata
+
+    if not embedded_s3:
         s3 = make_client(env.get("AWS_ENDPOINT_URL") or None)
+        encryption = Encryption(env.get("REPORTS_SSE", "AES256"), env.get("REPORTS_KMS_KEY_ID"))
         if env.get("AWS_ENDPOINT_URL"):
             ensure_bucket(s3, env["REPORTS_BUCKET"])  # as `reporting-pipeline seed` does
-        started = time.monotonic()
-        result = seed(db, s3, env["REPORTS_BUCKET"],
-                      Encryption(env.get("REPORTS_SSE", "AES256"), env.get("REPORTS_KMS_KEY_ID")),
-                      subscribers=args.subscribers, weeks=args.weeks, timezone=env.get("REPORT_TIMEZONE") or "UTC")
-        return (f"seeded {len(result.subscription_ids)} subscribers, {result.records} records, {result.files} files, "
-                f"weeks {result.weeks[0]}..{result.weeks[-1]} in {time.monotonic() - started:.1f} s")
-    finally:
-        client.close()  # its monitor threads must be gone before the next fork
-
-
-def _prepare_bucket(env: dict) -> None:
-    from .objectstore import ensure_bucket, make_client
-
-    s3 = make_client(env["AWS_ENDPOINT_URL"])
-    ensure_bucket(s3, env["REPORTS_BUCKET"])
-    rule = {"SSEAlgorithm": env.get("REPORTS_SSE", "AES256")}
-    if env.get("REPORTS_KMS_KEY_ID"):
-        rule["KMSMasterKeyID"] = env["REPORTS_KMS_KEY_ID"]
-    s3.put_bucket_encryption(Bucket=env["REPORTS_BUCKET"], ServerSideEncryptionConfiguration={
-        "Rules": [{"ApplyServerSideEncryptionByDefault": rule}]})
+        seed_objects(lambda f: put_if_changed(s3, env["REPORTS_BUCKET"], f.document()["s3_key"], f.data,
+                                              f.content_type, encryption, metadata=file_metadata(f.recorded_at)), spec)
+    if not embedded_mongo:
+        client = mongo.connect(env["MONGODB_URI"])
+        try:
+            seed_documents(client[env.get("MONGODB_DATABASE", "reporting")], spec)
+        finally:
+            client.close()
 
 
 def _write_instance_yaml(home: Path) -> Path:
@@ -301,13 +293,14 @@ def _write_instance_yaml(home: Path) -> Path:
     return path
 
 
-def _first_week(weeks: int, timezone: str) -> str:
+def _first_week(weeks: int, timezone: str, now: datetime) -> str:
     from .weeks import last_complete_week
 
-    return (last_complete_week(datetime.now(UTC), timezone).monday - timedelta(days=7 * (weeks - 1))).isoformat()
+    return (last_complete_week(now, timezone).monday - timedelta(days=7 * (weeks - 1))).isoformat()
 
 
-def _environment(args, home: Path, ui_url: str, embedded_mongo: bool, embedded_s3: bool, embedded_smtp: bool) -> dict:
+def _environment(args, home: Path, ui_url: str, embedded_mongo: bool, embedded_s3: bool, embedded_smtp: bool,
+                 now: datetime) -> dict:
     """Our environment, pointed at the stand-ins and the local instance; every child gets it."""
     # DAGSTER_DISABLE_TELEMETRY: the only switch that stops the webserver's and daemon's telemetry
     # uploader (the instance's `telemetry: enabled: false` does not).
@@ -318,7 +311,7 @@ def _environment(args, home: Path, ui_url: str, embedded_mongo: bool, embedded_s
     if embedded_mongo:
         env["MONGODB_URI"] = f"mongodb://127.0.0.1:{args.mongo_port}/?directConnection=true"
         if not args.no_seed:  # partitions start at the first seeded week, not in 2025
-            env.setdefault("REPORT_FIRST_WEEK", _first_week(args.weeks, env.get("REPORT_TIMEZONE") or "UTC"))
+            env.setdefault("REPORT_FIRST_WEEK", _first_week(args.weeks, env.get("REPORT_TIMEZONE") or "UTC", now))
     if embedded_s3:
         env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{args.s3_port}", AWS_ACCESS_KEY_ID="testing",
                    AWS_SECRET_ACCESS_KEY="testing", AWS_REGION=env.get("AWS_REGION") or "us-east-1")
@@ -373,7 +366,8 @@ def dev_main(args) -> int:
     for folder in (home, outbox, logs):
         folder.mkdir(parents=True, exist_ok=True)
     ui_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::', '') else args.host}:{args.ui_port}"
-    env = _environment(args, home, ui_url, embedded_mongo, embedded_s3, embedded_smtp)
+    now = datetime.now(UTC)  # the seed's weeks and the first partition agree, even across a Monday midnight
+    env = _environment(args, home, ui_url, embedded_mongo, embedded_s3, embedded_smtp, now)
     os.environ.update(env)  # seeding here reads the same settings as the children
 
     if _LIBC is not None:
@@ -388,30 +382,47 @@ def dev_main(args) -> int:
         signal.signal(sig, on_signal)
     code = 0
     try:
+        # The stand-ins load the seed into their own storage while they start, side by side; each says
+        # READY once loaded. Loading 1,000 subscribers x 4 weeks takes about 30 s on 2 cores.
+        spec = _seed_spec(args, env, embedded_mongo, now)
+        started = time.monotonic()
+        ready = []
         if embedded_mongo:
             mongo = Child("MongoDB (mongoeco)", [sys.executable, "-m", "reporting_pipeline.wire_mongo",
-                                                 "--port", str(args.mongo_port)], env, logs / "mongo.log",
-                          ready_line=True)
+                                                 "--port", str(args.mongo_port),
+                                                 "--database", env.get("MONGODB_DATABASE", "reporting"),
+                                                 *(["--seed", spec.to_json()] if spec else [])],
+                          env, logs / "mongo.log", ready_line=True)
             children.append(mongo)
-            mongo.wait_ready_line(30)
-            _say(f"MongoDB  {env['MONGODB_URI']}  (mongoeco, in memory; log {logs / 'mongo.log'})")
+            ready.append((mongo, f"MongoDB  {env['MONGODB_URI']}  (mongoeco, in memory; log {logs / 'mongo.log'})"))
         if embedded_s3:
-            s3 = Child("S3 (moto)", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(args.s3_port)],
-                       env, logs / "s3.log")
+            s3 = Child("S3 (moto)", [sys.executable, "-m", "reporting_pipeline.embedded", "s3",
+                                     "--port", str(args.s3_port), "--bucket", env["REPORTS_BUCKET"],
+                                     "--sse", env.get("REPORTS_SSE") or "AES256",
+                                     *(["--kms-key-id", env["REPORTS_KMS_KEY_ID"]] if env.get("REPORTS_KMS_KEY_ID")
+                                       else []),
+                                     *(["--seed", spec.to_json()] if spec else [])],
+                       env, logs / "s3.log", ready_line=True)
             children.append(s3)
-            wait_http(env["AWS_ENDPOINT_URL"], s3, 30)
-            _prepare_bucket(env)
-            _say(f"S3       {env['AWS_ENDPOINT_URL']}  bucket {env['REPORTS_BUCKET']}, default encryption "
-                 f"{env.get('REPORTS_SSE', 'AES256')}  (moto, in memory; log {logs / 's3.log'})")
+            ready.append((s3, f"S3       {env['AWS_ENDPOINT_URL']}  bucket {env['REPORTS_BUCKET']}, default "
+                              f"encryption {env.get('REPORTS_SSE') or 'AES256'}  (moto, in memory; log {logs / 's3.log'})"))
         if embedded_smtp:
             smtp = Child("SMTP sink", [sys.executable, "-m", "reporting_pipeline.outbox", "serve",
                                        "--port", str(args.smtp_port), "--folder", str(outbox)], env, logs / "smtp.log",
                          ready_line=True)
             children.append(smtp)
-            smtp.wait_ready_line(30)
-            _say(f"SMTP     127.0.0.1:{args.smtp_port} -> {outbox}/*.eml  (list them: reporting-pipeline outbox)")
-        if not args.no_seed:
-            _say(f"demo data: {_seed(args, env, embedded_mongo)}")
+            ready.append((smtp, f"SMTP     127.0.0.1:{args.smtp_port} -> {outbox}/*.eml  "
+                                "(list them: reporting-pipeline outbox)"))
+        for child, line in ready:
+            child.wait_ready_line(STANDIN_START_SECONDS + (SEED_SECONDS_PER_SUBSCRIBER_WEEK * args.subscribers
+                                                           * args.weeks if spec else 0))
+            _say(line)
+        if spec:
+            from .seed import report_weeks
+
+            _seed_external(spec, env, embedded_mongo, embedded_s3)
+            _say(f"demo data: {spec.subscribers} subscribers, {spec.weeks} weeks "
+                 f"({', '.join(w.key for w in report_weeks(spec))}) in {time.monotonic() - started:.0f} s")
 
         instance = _write_instance_yaml(home)
         _say(f"instance {instance} (the repository's dagster.yaml is production's and is not used here)")

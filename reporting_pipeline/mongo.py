@@ -20,14 +20,19 @@ DEAD_LETTERS = "dead_letters"
 DATA_ISSUES = "data_issues"
 
 INDEXES: dict[str, list[IndexModel]] = {
+    # No unique (trial, participant) indexes here: a subscription's `_id` is derived from the pair, which
+    # makes it unique already, and enrollments are the trial system's to keep unique (a constraint of ours
+    # would fail its writes). Also, mongoeco (the local stand-in) checks a compound unique index by
+    # scanning the collection, so 1,000 subscribers would take minutes to load. Deployments that have the
+    # old unique `trial_participant` indexes may keep or drop them.
     ENROLLMENTS: [
-        IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),
+        IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], name="trial_participant_lookup"),
         IndexModel([("updated_at", ASCENDING)], name="updated_at"),
         # The subscription sensor's cursor: (updated_at, _id) moves past any number of equal timestamps.
         IndexModel([("updated_at", ASCENDING), ("_id", ASCENDING)], name="updated_at_id"),
     ],
     SUBSCRIPTIONS: [
-        IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], unique=True, name="trial_participant"),
+        IndexModel([("trial_id", ASCENDING), ("participant_id", ASCENDING)], name="trial_participant_lookup"),
         IndexModel([("status", ASCENDING), ("shard_bucket", ASCENDING)], name="status_shard"),
         IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"),
         IndexModel([("participant_id", ASCENDING)], name="participant"),

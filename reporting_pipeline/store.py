@@ -51,24 +51,34 @@ def store_file(
     data: bytes,
 ) -> dict:
     """Upload a participant file, then register it; safe to repeat."""
+    doc = file_document(file_id=file_id, trial_id=trial_id, participant_id=participant_id, recorded_at=recorded_at,
+                        kind=kind, content_type=content_type, extension=extension, data=data)
+    put_if_changed(s3, bucket, doc["s3_key"], data, content_type, encryption, metadata=file_metadata(recorded_at))
+    db[mongo.FILES].replace_one({"_id": file_id}, {**doc, "uploaded_at": datetime.now(UTC)}, upsert=True)
+    return doc
+
+
+def file_metadata(recorded_at: datetime) -> dict[str, str]:
+    """Object metadata of a participant file: when it was recorded, so a lost record can be rebuilt."""
+    return {RECORDED_AT_META: as_utc(recorded_at).isoformat()}
+
+
+def file_document(*, file_id: str, trial_id: str, participant_id: str, recorded_at: datetime, kind: str,
+                  content_type: str, extension: str, data: bytes) -> dict:
+    """The `files` record of a participant file (without its upload time)."""
     if kind not in ("text", "image"):
         raise ValueError(f"file kind must be 'text' or 'image', got {kind!r}")
-    key = file_key(trial_id, participant_id, file_id, extension)
-    put_if_changed(s3, bucket, key, data, content_type, encryption,
-                   metadata={RECORDED_AT_META: as_utc(recorded_at).isoformat()})
-    doc = {
+    return {
         "_id": file_id,
         "trial_id": trial_id,
         "participant_id": participant_id,
         "recorded_at": recorded_at,
         "kind": kind,
-        "s3_key": key,
+        "s3_key": file_key(trial_id, participant_id, file_id, extension),
         "content_type": content_type,
         "size": len(data),
         "sha256": sha256_hex(data),
     }
-    db[mongo.FILES].replace_one({"_id": file_id}, {**doc, "uploaded_at": datetime.now(UTC)}, upsert=True)
-    return doc
 
 
 def store_report(

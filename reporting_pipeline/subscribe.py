@@ -81,6 +81,23 @@ def check_enrollment(db: Database, trial_id: str, participant_id: str) -> dict:
     return enrollment
 
 
+def subscription_document(enrollment: dict, *, timezone: str | None, status: str, now: datetime) -> dict:
+    """A new subscription of the enrollment's participant to its trial."""
+    sub_id = subscription_id(enrollment["trial_id"], enrollment["participant_id"])
+    return {
+        "_id": sub_id,
+        "trial_id": enrollment["trial_id"],
+        "participant_id": enrollment["participant_id"],
+        "enrollment_id": enrollment["_id"],
+        "email": enrollment.get("email"),  # from the enrollment, never from the request
+        "timezone": timezone,
+        "status": status,
+        "shard_bucket": shard_bucket(sub_id),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def subscribe(
     db: Database, trial_id: str, participant_id: str, *, timezone: str | None = None,
     now: datetime | None = None, status: str = PENDING,
@@ -102,18 +119,7 @@ def subscribe(
         db[mongo.SUBSCRIPTIONS].update_one({"_id": sub_id}, {"$set": {
             "status": PENDING, "status_reason": "resubscribed", "timezone": timezone, "updated_at": now}})
         return db[mongo.SUBSCRIPTIONS].find_one({"_id": sub_id}), False
-    doc = {
-        "_id": sub_id,
-        "trial_id": trial_id,
-        "participant_id": participant_id,
-        "enrollment_id": enrollment["_id"],
-        "email": enrollment.get("email"),  # from the enrollment, never from the request
-        "timezone": timezone,
-        "status": status,
-        "shard_bucket": shard_bucket(sub_id),
-        "created_at": now,
-        "updated_at": now,
-    }
+    doc = subscription_document(enrollment, timezone=timezone, status=status, now=now)
     try:
         db[mongo.SUBSCRIPTIONS].insert_one(doc)
     except DuplicateKeyError:  # a concurrent subscribe won the race: same result

@@ -1,7 +1,8 @@
 """A MongoDB-wire server (mongoeco) for local runs where several processes must share one database.
 
-`python -m reporting_pipeline.wire_mongo [--port P]` prints `READY <host> <port>` once it accepts
-connections and serves until SIGTERM or SIGINT. Clients use plain pymongo: mongodb://127.0.0.1:P/.
+`python -m reporting_pipeline.wire_mongo [--port P] [--seed SPEC]` loads the seed's documents (if
+given), prints `READY <host> <port>` once it accepts connections and serves until SIGTERM or SIGINT.
+Clients use plain pymongo: mongodb://127.0.0.1:P/.
 """
 
 from __future__ import annotations
@@ -13,15 +14,30 @@ import subprocess
 import sys
 
 
-async def _serve(host: str, port: int) -> None:
+def _seeded_engine(database: str, spec_json: str | None):
+    """A new in-memory engine, holding the documents of the seed spec if one is given: loaded in-process,
+    about five times faster than inserting the same through the wire protocol."""
+    from mongoeco import MongoClient
     from mongoeco.engines.memory import MemoryEngine
+
+    from .seed import SeedSpec, seed_documents
+
+    engine = MemoryEngine()
+    # The client must stay open (so it is returned): closing it disconnects, and empties, the engine.
+    client = MongoClient(engine)
+    if spec_json:
+        seed_documents(client[database], SeedSpec.from_json(spec_json))
+    return engine, client
+
+
+async def _serve(host: str, port: int, engine) -> None:
     from mongoeco.wire import AsyncMongoEcoProxyServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with AsyncMongoEcoProxyServer(engine=MemoryEngine(), host=host, port=port) as server:
+    async with AsyncMongoEcoProxyServer(engine=engine, host=host, port=port) as server:
         print(f"READY {server.address.host} {server.address.port}", flush=True)
         await stop.wait()
 
@@ -60,8 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--database", default="reporting", help="the database the seed goes into")
+    parser.add_argument("--seed", help="seed spec (JSON, see reporting_pipeline.seed.SeedSpec) to load before serving")
     args = parser.parse_args()
-    asyncio.run(_serve(args.host, args.port))
+    engine, _client = _seeded_engine(args.database, args.seed)
+    asyncio.run(_serve(args.host, args.port, engine))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,6 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["reporting-pipeline=reporting_pipeline.cli:main"],
+        "console_scripts": ["reporting-pipeline=reporting_pipeline.apps.cli:main"],
     },
 )

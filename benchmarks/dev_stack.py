@@ -27,11 +27,11 @@ FOREIGN_ENV = ("MONGODB_URI", "AWS_ENDPOINT_URL", "SMTP_HOST", "DAGSTER_HOME", "
 
 
 def one_start(subscribers: int, weeks: int) -> dict:
-    from reporting_pipeline.embedded import free_port
+    from reporting_pipeline.local.embedded import free_port
 
     with tempfile.TemporaryDirectory(prefix="dev-stack-bench-") as work:
         ports = [str(free_port()) for _ in range(4)]
-        argv = [sys.executable, "-m", "reporting_pipeline.dev", "--home", str(Path(work) / "home"),
+        argv = [sys.executable, "-m", "reporting_pipeline.local.dev", "--home", str(Path(work) / "home"),
                 "--subscribers", str(subscribers), "--weeks", str(weeks), "--ui-port", ports[0],
                 "--mongo-port", ports[1], "--s3-port", ports[2], "--smtp-port", ports[3]]
         env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}

@@ -86,10 +86,10 @@ def render_limit(reports: int) -> dict:
     """The renderer alone, one process, on pre-built inputs: the physical limit per core."""
     import random
 
-    from reporting_pipeline.aggregate import aggregate_subscriber
-    from reporting_pipeline.fetch import FileItem, SubscriberWeek
-    from reporting_pipeline.render import render_report
-    from reporting_pipeline.seed import photo_bytes
+    from reporting_pipeline.local.seed import photo_bytes
+    from reporting_pipeline.stages.aggregate import aggregate_subscriber
+    from reporting_pipeline.stages.fetch import FileItem, SubscriberWeek
+    from reporting_pipeline.stages.render import render_report
     from reporting_pipeline.weeks import Week
 
     week = Week.from_key("2026-11-16", "UTC")
@@ -122,12 +122,12 @@ def remote_services(work: Path):
     """
     import uuid
 
-    from reporting_pipeline.dev import Child
-    from reporting_pipeline.embedded import free_port, patched_env
+    from reporting_pipeline.local.dev import Child
+    from reporting_pipeline.local.embedded import free_port, patched_env
 
-    s3 = Child("S3 (moto)", [sys.executable, "-m", "reporting_pipeline.embedded", "s3", "--bucket", "clinical-reports"],
+    s3 = Child("S3 (moto)", [sys.executable, "-m", "reporting_pipeline.local.embedded", "s3", "--bucket", "clinical-reports"],
                dict(os.environ), work / "s3.log", ready_line=True)
-    smtp = Child("SMTP sink", [sys.executable, "-m", "reporting_pipeline.outbox", "serve", "--port", str(free_port()),
+    smtp = Child("SMTP sink", [sys.executable, "-m", "reporting_pipeline.local.outbox", "serve", "--port", str(free_port()),
                                "--folder", str(work / "outbox")], dict(os.environ), work / "smtp.log", ready_line=True)
     try:
         env = {
@@ -157,10 +157,10 @@ def replicate(db, s3, bucket: str, copies: int) -> None:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from reporting_pipeline import mongo
+    from reporting_pipeline.services import mongo
     from reporting_pipeline.sharding import shard_bucket
-    from reporting_pipeline.store import file_key
-    from reporting_pipeline.subscribe import subscription_id
+    from reporting_pipeline.stages.store import file_key
+    from reporting_pipeline.stages.subscribe import subscription_id
 
     enrollments = list(db[mongo.ENROLLMENTS].find())
     subscriptions = {s["participant_id"]: s for s in db[mongo.SUBSCRIPTIONS].find()}
@@ -206,9 +206,9 @@ def shard_run(subscribers: int) -> dict:
 
     from dagster import DagsterEventType, DagsterInstance
 
-    from reporting_pipeline import mongo
-    from reporting_pipeline.objectstore import Encryption, make_client
-    from reporting_pipeline.seed import seed
+    from reporting_pipeline.local.seed import seed
+    from reporting_pipeline.services import mongo
+    from reporting_pipeline.services.objectstore import Encryption, make_client
 
     with tempfile.TemporaryDirectory() as work, remote_services(Path(work)) as (env, outbox):
         db = mongo.connect(env["MONGODB_URI"])["reporting"]
@@ -270,7 +270,7 @@ def shard_run(subscribers: int) -> dict:
                 began = {e.step_key: e.timestamp for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)}
                 for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS):
                     steps[e.step_key] = round(e.timestamp - began[e.step_key], 2)
-        from reporting_pipeline.demo import materialization_metadata
+        from reporting_pipeline.local.demo import materialization_metadata
 
         materialized = materialization_metadata(result, "report_pdfs")
         stop_forkserver()
@@ -308,7 +308,7 @@ def pool_start(workers: int) -> dict:
     import resource
     from multiprocessing import forkserver
 
-    from reporting_pipeline.workers import WorkerPool
+    from reporting_pipeline.stages.workers import WorkerPool
 
     def cpu():
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)

@@ -236,7 +236,7 @@ class Settings:
         self._check_dkim()
 
     def _check_dkim(self) -> None:
-        from .dkim_sign import DkimConfigError, signer_for
+        from reporting_pipeline.services.dkim_sign import DkimConfigError, signer_for
 
         try:
             signer_for(self.dkim_selector, self.dkim_domain, self.dkim_private_key)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import os
 
 # Short waits in tests: step retries and in-step backoff keep their shape, not their production length.
 os.environ.setdefault("REPORT_STEP_RETRY_DELAY_SECONDS", "0.05")
@@ -18,9 +17,9 @@ import pytest  # noqa: E402
 from dagster import DagsterInstance
 from pypdf import PdfReader
 
-from reporting_pipeline import mongo
-from reporting_pipeline.embedded import Outbox, embedded_services
-from reporting_pipeline.objectstore import Encryption, make_client
+from reporting_pipeline.local.embedded import Outbox, embedded_services
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import Encryption, make_client
 
 # A fixed "now": Saturday 28 Nov 2026, so the last complete week is 16-22 Nov 2026.
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from collections import Counter
 
 from werkzeug.serving import make_server
 
-from reporting_pipeline.embedded import Outbox, free_port
+from reporting_pipeline.local.embedded import Outbox, free_port
 
 
 class FaultyS3Server:

@@ -3,9 +3,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reporting_pipeline.aggregate import aggregate_subscriber, excerpt_text, summarize
 from reporting_pipeline.errors import MalformedRecord, TextNotUtf8
-from reporting_pipeline.fetch import FileItem, SubscriberWeek, parse_record
+from reporting_pipeline.stages.aggregate import aggregate_subscriber, excerpt_text, summarize
+from reporting_pipeline.stages.fetch import FileItem, SubscriberWeek, parse_record
 from reporting_pipeline.weeks import Week
 
 WEEK = Week.from_key("2026-11-16", "UTC")
@@ -87,7 +87,7 @@ def test_bad_files_become_issues_and_the_report_is_still_built():
 def test_batch_summaries_equal_one_subscriber_at_a_time():
     from pandas.testing import assert_frame_equal
 
-    from reporting_pipeline.aggregate import summarize_many
+    from reporting_pipeline.stages.aggregate import summarize_many
 
     shifted = [{**r, "value": r["value"] + 7, "record_id": r["record_id"] + "b"} for r in RECORDS]
     lists = [RECORDS, [], shifted, RECORDS[:2], RECORDS[3:]]
@@ -100,7 +100,7 @@ def test_batch_summaries_equal_one_subscriber_at_a_time():
 
 
 def test_a_subscriber_that_breaks_the_batch_pass_fails_alone():
-    from reporting_pipeline.aggregate import aggregate_many
+    from reporting_pipeline.stages.aggregate import aggregate_many
 
     def bundle(n, records):
         return SubscriberWeek(f"sub_{n}", "a@example.org", "T1", "Trial", f"P-{n}", "UTC", WEEK.key, "00",

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
-from reporting_pipeline import mongo
-from reporting_pipeline.api import JwtSettings, create_app
-from reporting_pipeline.subscribe import issue_unsubscribe_token, subscription_id
+from reporting_pipeline.apps.api import JwtSettings, create_app
+from reporting_pipeline.services import mongo
+from reporting_pipeline.stages.subscribe import issue_unsubscribe_token, subscription_id
 
 SECRET = "test-secret-with-enough-entropy-0123456789"
 ISSUER, AUDIENCE = "https://auth.example.org/", "trial-reports"

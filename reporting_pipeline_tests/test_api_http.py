@@ -13,10 +13,11 @@ import pymongo
 import pytest
 import uvicorn
 
-from reporting_pipeline import api, mongo
-from reporting_pipeline.api import JwtSettings, create_app
+from reporting_pipeline.apps import api
+from reporting_pipeline.apps.api import JwtSettings, create_app
+from reporting_pipeline.services import mongo
 from reporting_pipeline.settings import Settings
-from reporting_pipeline.subscribe import issue_unsubscribe_token, subscribe
+from reporting_pipeline.stages.subscribe import issue_unsubscribe_token, subscribe
 
 from .test_api import AUDIENCE, ISSUER, SECRET, auth
 
@@ -202,7 +203,7 @@ def test_unreachable_mongodb_is_503_json_on_every_route_and_liveness_stays_up(de
         for probe in ("GET", "HEAD"):
             status, _, _ = exchange(port, request(probe, "/healthz"))
             assert status == b"HTTP/1.1 200 OK"
-    records = [r for r in caplog.records if r.name == "reporting_pipeline.api"]
+    records = [r for r in caplog.records if r.name == "reporting_pipeline.apps.api"]
     assert len(records) == len(calls)  # one line per failure
     assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records)
     assert not any("aaaa" in r.getMessage() or "P-001" in r.getMessage() for r in records)

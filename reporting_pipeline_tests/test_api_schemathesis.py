@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
-from reporting_pipeline.api import JwtSettings, create_app
+from reporting_pipeline.apps.api import JwtSettings, create_app
 
 from .test_api import AUDIENCE, ISSUER, SECRET, auth
 from .test_api_http import enrolled_database

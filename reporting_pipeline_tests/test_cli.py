@@ -8,14 +8,14 @@ from email import message_from_bytes
 
 import pytest
 
-from reporting_pipeline import mongo
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
 
 from .conftest import pdf_text
 
 
 def cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "reporting_pipeline.apps.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -46,7 +46,7 @@ def test_demo_refuses_a_nonsense_subscriber_count(tmp_path):
 
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
 def test_seed_command_is_idempotent_against_a_shared_database(pipeline):
-    from reporting_pipeline.wire_mongo import MongoWireServer
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     with MongoWireServer() as server:
         env = {**pipeline.env, "MONGODB_URI": server.uri}
@@ -65,7 +65,7 @@ def test_seed_command_is_idempotent_against_a_shared_database(pipeline):
 @pytest.mark.parametrize("command", [["seed"], ["status"], ["api"], ["reconcile"]])
 def test_a_bad_setting_is_one_line_naming_the_variable(command):
     env = {**os.environ, "REPORT_SHARDS": "eight"}
-    done = subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", *command], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "reporting_pipeline.apps.cli", *command], capture_output=True, text=True,
                           env=env, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["reporting-pipeline: REPORT_SHARDS must be a whole number, got 'eight'"]
@@ -73,9 +73,9 @@ def test_a_bad_setting_is_one_line_naming_the_variable(command):
 
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
 def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeline, instance):
-    from reporting_pipeline.demo import run_weekly_cycle
-    from reporting_pipeline.embedded import patched_env
-    from reporting_pipeline.wire_mongo import MongoWireServer
+    from reporting_pipeline.local.demo import run_weekly_cycle
+    from reporting_pipeline.local.embedded import patched_env
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     from .conftest import LAST_WEEK, NOW
 

@@ -6,8 +6,8 @@ from dagster import DagsterInstance, Definitions, build_schedule_context, build_
 
 from reporting_pipeline.defs.definitions import defs
 from reporting_pipeline.defs.partitions import report_partitions, split_partition_key
+from reporting_pipeline.local.seed import seed
 from reporting_pipeline.settings import Settings
-from reporting_pipeline.seed import seed
 from reporting_pipeline.sharding import shard_ids
 
 from .conftest import LAST_WEEK, NOW

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reporting_pipeline.embedded import free_port
+from reporting_pipeline.local.embedded import free_port
 from reporting_pipeline.sharding import shard_of
 from reporting_pipeline.weeks import last_complete_week
 
@@ -52,7 +52,7 @@ def _all_pids() -> list[int]:
 
 
 class DevStack:
-    """`python -m reporting_pipeline.dev` on free ports with a home of its own; remembers every process it had."""
+    """`python -m reporting_pipeline.local.dev` on free ports with a home of its own; remembers every process it had."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -71,7 +71,7 @@ class DevStack:
         self.telemetry_url: str | None = None
 
     def command(self, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "reporting_pipeline.dev", "--home", str(self.home),
+        return [sys.executable, "-m", "reporting_pipeline.local.dev", "--home", str(self.home),
                 "--ui-port", str(self.ports["ui"]), "--mongo-port", str(self.ports["mongo"]),
                 "--s3-port", str(self.ports["s3"]), "--smtp-port", str(self.ports["smtp"]), *extra]
 
@@ -230,7 +230,7 @@ def test_partition_run_is_emailed_by_the_sensor_with_a_working_link(stack):
     from dagster import DagsterInstance, RunsFilter
     from dagster._core.instance.config import dagster_instance_config
 
-    from reporting_pipeline.outbox import read_outbox
+    from reporting_pipeline.local.outbox import read_outbox
 
     config, _ = dagster_instance_config(str(stack.home), "dagster.yaml")
     assert config["run_launcher"]["class"] == "DefaultRunLauncher" and "sqlite" in config["storage"]
@@ -262,7 +262,7 @@ def test_partition_run_is_emailed_by_the_sensor_with_a_working_link(stack):
         assert data.startswith(b"%PDF-") and hashlib.sha256(data).hexdigest() == report["sha256"]
         assert s3.head_object(Bucket=BUCKET, Key=report["s3_key"])["ServerSideEncryption"] == "AES256"
 
-    listing = subprocess.run([sys.executable, "-m", "reporting_pipeline.outbox", "--home", str(stack.home)],
+    listing = subprocess.run([sys.executable, "-m", "reporting_pipeline.local.outbox", "--home", str(stack.home)],
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     assert all(e.to in listing.stdout and e.link in listing.stdout for e in entries)

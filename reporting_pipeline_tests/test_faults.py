@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import AssetKey, build_sensor_context
 
-from reporting_pipeline import mongo
 from reporting_pipeline.defs import sensors
 from reporting_pipeline.defs.partitions import report_partition_key
-from reporting_pipeline.demo import materialization_metadata, run_weekly_cycle
-from reporting_pipeline.embedded import Outbox, SmtpServer, patched_env
-from reporting_pipeline.objectstore import Encryption, ensure_bucket, make_client
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.demo import materialization_metadata, run_weekly_cycle
+from reporting_pipeline.local.embedded import Outbox, SmtpServer, patched_env
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client
 from reporting_pipeline.weeks import as_utc
 
 from .conftest import LAST_WEEK, NOW
@@ -45,7 +45,7 @@ class World:
 @pytest.fixture
 def world(pipeline):
     """A database and an S3 that several processes share, seeded with 24 subscribers, two weeks of data each."""
-    from reporting_pipeline.wire_mongo import MongoWireServer
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     s3_server = FaultyS3Server()
     with MongoWireServer() as server, s3_server, \
@@ -215,7 +215,7 @@ def test_one_poison_subscriber_among_50(pipeline, instance):
 @needs_wire_server
 def test_transient_s3_smtp_and_mongodb_failures_are_retried_and_everything_is_delivered(pipeline, instance):
     from reporting_pipeline.defs.definitions import build_definitions
-    from reporting_pipeline.wire_mongo import MongoWireServer
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     outbox = DeferringOutbox(defer_first=8)
     with MongoWireServer() as wire, CuttableTcpProxy(wire.port) as link, FaultyS3Server(fail_ratio=0.2) as s3, \

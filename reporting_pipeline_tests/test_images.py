@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from reporting_pipeline.errors import CorruptImage, ImageTooLarge
-from reporting_pipeline.images import THUMBNAIL_BOX, make_thumbnail
-from reporting_pipeline.seed import photo_bytes
+from reporting_pipeline.local.seed import photo_bytes
+from reporting_pipeline.stages.images import THUMBNAIL_BOX, make_thumbnail
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -12,13 +12,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from reporting_pipeline import mongo
-from reporting_pipeline.dkim_sign import DkimConfigError, load_dkim_key
-from reporting_pipeline.embedded import Outbox, SmtpServer
 from reporting_pipeline.errors import InvalidEmailAddress
-from reporting_pipeline.notify import (
-    SUBJECT, Pacer, SmtpSession, SmtpSettings, claim_delivery, complete_delivery, compose_alert, compose_email,
-    deliver_shard, link_ttl, message_id, release_delivery, validate_email,
+from reporting_pipeline.local.embedded import Outbox, SmtpServer
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.dkim_sign import DkimConfigError, load_dkim_key
+from reporting_pipeline.services.mail import Pacer, SmtpSession, SmtpSettings, validate_email
+from reporting_pipeline.stages.notify import (
+    SUBJECT,
+    claim_delivery,
+    complete_delivery,
+    compose_alert,
+    compose_email,
+    deliver_shard,
+    link_ttl,
+    message_id,
+    release_delivery,
 )
 from reporting_pipeline.weeks import Week
 
@@ -373,7 +381,7 @@ def test_claim_is_exclusive_until_the_lease_expires_and_final_once_sent():
 
 
 def test_a_link_never_outlives_the_report_it_points_to():
-    from reporting_pipeline.notify import ReportExpiring, _link_lifetime
+    from reporting_pipeline.stages.notify import ReportExpiring, _link_lifetime
 
     now = datetime.now(UTC)
     fresh = {"subscription_id": "sub_1", "rendered_at": now - timedelta(days=1)}

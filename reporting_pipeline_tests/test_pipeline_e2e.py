@@ -9,12 +9,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from dagster import AssetKey
 
-from reporting_pipeline import mongo
-from reporting_pipeline.demo import run_weekly_cycle
-from reporting_pipeline.notify import SUBJECT
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.demo import run_weekly_cycle
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
 from reporting_pipeline.sharding import shard_of
-from reporting_pipeline.store import store_file
+from reporting_pipeline.stages.notify import SUBJECT
+from reporting_pipeline.stages.store import store_file
 from reporting_pipeline.weeks import Week
 
 from .conftest import LAST_WEEK, NOW, pdf_image_count, pdf_text

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from reporting_pipeline import mongo
-from reporting_pipeline.embedded import patched_env
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.embedded import patched_env
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
 
 from .conftest import LAST_WEEK, NOW
 
@@ -133,7 +133,7 @@ class Observer:
 
 
 def test_daemon_on_postgres_queues_runs_within_limits_and_delivers_one_email_each(pipeline, database, tmp_path):
-    from reporting_pipeline.wire_mongo import MongoWireServer
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -5,10 +5,10 @@ import logging
 
 from dagster import instance_for_test
 
-from reporting_pipeline import mongo
-from reporting_pipeline.demo import run_weekly_cycle
-from reporting_pipeline.embedded import Outbox, SmtpServer
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.demo import run_weekly_cycle
+from reporting_pipeline.local.embedded import Outbox, SmtpServer
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
 
 from .conftest import NOW
 

@@ -27,7 +27,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_k8s import K8sRunLauncher
 
-from reporting_pipeline.embedded import free_port
+from reporting_pipeline.local.embedded import free_port
 
 from .conftest import LAST_WEEK
 

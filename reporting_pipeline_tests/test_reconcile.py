@@ -3,13 +3,13 @@
 import time
 from datetime import UTC, datetime, timedelta
 
-from reporting_pipeline import mongo
-from reporting_pipeline.objectstore import put_if_changed, sha256_hex
-from reporting_pipeline.reconcile import CHANGED_REASON, MISSING_REASON, reconcile
-from reporting_pipeline.redrive import REDRIVE_REQUESTS
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.operations.reconcile import CHANGED_REASON, MISSING_REASON, reconcile
+from reporting_pipeline.operations.redrive import REDRIVE_REQUESTS
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import put_if_changed, sha256_hex
 from reporting_pipeline.sharding import shard_of
-from reporting_pipeline.store import report_key, store_report
+from reporting_pipeline.stages.store import report_key, store_report
 
 from .conftest import LAST_WEEK, NOW
 
@@ -174,8 +174,8 @@ def test_repair_never_deletes_a_report_someone_was_emailed_and_rebuilds_its_reco
     comes back, and the link in the participant's email still downloads it."""
     import urllib.request
 
-    from reporting_pipeline.notify import complete_delivery, try_claim
-    from reporting_pipeline.objectstore import presigned_get_url
+    from reporting_pipeline.services.objectstore import presigned_get_url
+    from reporting_pipeline.stages.notify import complete_delivery, try_claim
 
     db, s3, bucket = pipeline.db, pipeline.s3, pipeline.bucket
     mongo.ensure_indexes(db)
@@ -202,7 +202,7 @@ def test_repair_never_deletes_a_report_someone_was_emailed_and_rebuilds_its_reco
 
 
 def test_a_reregistered_orphan_file_keeps_the_week_it_was_recorded_in(pipeline):
-    from reporting_pipeline.store import store_file
+    from reporting_pipeline.stages.store import store_file
 
     db, s3, bucket = pipeline.db, pipeline.s3, pipeline.bucket
     recorded = datetime(2026, 11, 18, 21, 5, tzinfo=UTC)  # in the week of 16 Nov

@@ -8,26 +8,26 @@ from datetime import timedelta
 import pytest
 from dagster import DagsterRunStatus, RunsFilter, build_run_status_sensor_context, build_sensor_context
 
-from reporting_pipeline import mongo
 from reporting_pipeline.defs import sensors
 from reporting_pipeline.defs.partitions import report_partition_key
-from reporting_pipeline.demo import run_weekly_cycle
-from reporting_pipeline.redrive import REDRIVE_REQUESTS
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.demo import run_weekly_cycle
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.operations.redrive import REDRIVE_REQUESTS
+from reporting_pipeline.services import mongo
 from reporting_pipeline.sharding import shard_of
 
 from .conftest import LAST_WEEK, NOW
 
 
 def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "reporting_pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "reporting_pipeline.apps.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
 
 
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
 def test_dead_letter_redrive_reruns_only_what_is_not_done(pipeline, instance):
-    from reporting_pipeline.embedded import patched_env
-    from reporting_pipeline.wire_mongo import MongoWireServer
+    from reporting_pipeline.local.embedded import patched_env
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     # The CLI runs in its own process, so the database must be a server both can reach.
     with MongoWireServer() as server, patched_env({"MONGODB_URI": server.uri}):
@@ -76,7 +76,7 @@ def test_report_redrive_runs_only_the_listed_subscribers(pipeline, instance):
     seeded = seed(pipeline.db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=10, now=NOW)
     shard = shard_of(seeded.subscription_ids[0], 8)
     members = [s for s in seeded.subscription_ids if shard_of(s, 8) == shard]
-    from reporting_pipeline.redrive import queue_redrive
+    from reporting_pipeline.operations.redrive import queue_redrive
     queue_redrive(pipeline.db, week=LAST_WEEK, shard=shard, subscription_ids=members[:1], reason="test")
     definitions = pipeline.definitions()
     request = definitions.resolve_sensor_def("redrive_sensor").evaluate_tick(

@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 
 from pypdf import PdfReader
 
-from reporting_pipeline.aggregate import aggregate_subscriber
-from reporting_pipeline.fetch import FileItem, SubscriberWeek
-from reporting_pipeline.render import NO_DATA_TEXT, render_report
-from reporting_pipeline.seed import photo_bytes
+from reporting_pipeline.local.seed import photo_bytes
+from reporting_pipeline.stages.aggregate import aggregate_subscriber
+from reporting_pipeline.stages.fetch import FileItem, SubscriberWeek
+from reporting_pipeline.stages.render import NO_DATA_TEXT, render_report
 
 from .conftest import pdf_image_count, pdf_text
 from .test_aggregate import RECORDS, WEEK
@@ -74,8 +74,8 @@ def test_left_out_items_are_mentioned_without_details():
 
 
 def test_process_pool_renders_the_same_bytes_and_returns_failures_in_place():
-    from reporting_pipeline.render import render_report
-    from reporting_pipeline.workers import WorkerPool, each
+    from reporting_pipeline.stages.render import render_report
+    from reporting_pipeline.stages.workers import WorkerPool, each
 
     good = aggregate_subscriber(bundle(), "UTC")
     bad = aggregate_subscriber(bundle(records=[{**RECORDS[2], "unit": "kg " * 40000}]), "UTC")

@@ -18,11 +18,11 @@ import pytest
 from pypdf import PdfReader
 from pypdf.generic import ContentStream
 
-from reporting_pipeline import render
-from reporting_pipeline.aggregate import aggregate_subscriber
-from reporting_pipeline.fetch import FileItem
-from reporting_pipeline.fonts import _pip_font_dirs, load_fonts
-from reporting_pipeline.render import render_report, render_report_checked
+from reporting_pipeline.stages import render
+from reporting_pipeline.stages.aggregate import aggregate_subscriber
+from reporting_pipeline.stages.fetch import FileItem
+from reporting_pipeline.stages.fonts import _pip_font_dirs, load_fonts
+from reporting_pipeline.stages.render import render_report, render_report_checked
 
 from .conftest import pdf_text
 from .test_aggregate import rec

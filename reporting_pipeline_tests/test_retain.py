@@ -5,14 +5,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import materialize
 
-from reporting_pipeline import mongo
 from reporting_pipeline.defs.maintenance import maintenance_definitions
 from reporting_pipeline.defs.resources import MongoResource, S3Resource
-from reporting_pipeline.reconcile import reconcile
-from reporting_pipeline.retain import apply_lifecycle, report_expires_at, sweep
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.operations.reconcile import reconcile
+from reporting_pipeline.operations.retain import apply_lifecycle, report_expires_at, sweep
+from reporting_pipeline.services import mongo
 from reporting_pipeline.settings import Settings
-from reporting_pipeline.seed import seed
-from reporting_pipeline.store import store_report
+from reporting_pipeline.stages.store import store_report
 
 from .conftest import LAST_WEEK, NOW
 

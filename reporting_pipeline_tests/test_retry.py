@@ -5,7 +5,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from pymongo.errors import AutoReconnect, DuplicateKeyError, NotPrimaryError, ServerSelectionTimeoutError
 
 from reporting_pipeline.errors import CorruptImage
-from reporting_pipeline.retry import Backoff, Breaker, SystemicFailure, call_with_retry, is_transient
+from reporting_pipeline.services.retry import Backoff, Breaker, SystemicFailure, call_with_retry, is_transient
 
 
 def s3_error(status, code):

@@ -8,13 +8,13 @@ import sys
 import pytest
 from dagster import DagsterEventType, ReexecutionOptions, execute_job, instance_for_test, reconstructable
 
-from reporting_pipeline import mongo
 from reporting_pipeline.defs.assets import only_subscribers
 from reporting_pipeline.defs.partitions import report_partition_key
-from reporting_pipeline.demo import materialization_metadata
-from reporting_pipeline.embedded import patched_env
-from reporting_pipeline.objectstore import ensure_bucket, make_client
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.demo import materialization_metadata
+from reporting_pipeline.local.embedded import patched_env
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import ensure_bucket, make_client
 
 from .conftest import LAST_WEEK, NOW
 from .faults import FaultyS3Server
@@ -44,7 +44,7 @@ def stored_bytes(root, skip) -> list[tuple[str, bytes]]:
 
 def test_a_retried_run_reports_on_its_own_subscribers_and_nothing_personal_is_stored_between_stages(
         pipeline, tmp_path):
-    from reporting_pipeline.wire_mongo import MongoWireServer
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     # Uploads of reports fail while `outage` is on: the run's one step fails after its retries.
     s3 = FaultyS3Server(fail_if=lambda method, path: method == "PUT" and "/reports/" in path)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from reporting_pipeline import mongo
-from reporting_pipeline.objectstore import make_client
-from reporting_pipeline.seed import SeedSpec, seed
+from reporting_pipeline.local.seed import SeedSpec, seed
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import make_client
 
 from .conftest import NOW
 
@@ -53,8 +53,8 @@ def test_the_stand_ins_load_what_the_production_write_path_writes(pipeline):
                    weeks=spec.weeks, timezone=spec.timezone, now=NOW)
     assert written.files > 7 and written.records > 7 * 2 * 10
 
-    mongo_server = Standin("reporting_pipeline.wire_mongo", "--seed", spec.to_json())
-    s3_server = Standin("reporting_pipeline.embedded", "s3", "--bucket", "clinical-reports", "--seed", spec.to_json())
+    mongo_server = Standin("reporting_pipeline.local.wire_mongo", "--seed", spec.to_json())
+    s3_server = Standin("reporting_pipeline.local.embedded", "s3", "--bucket", "clinical-reports", "--seed", spec.to_json())
     try:
         loaded_db = mongo.connect(f"mongodb://127.0.0.1:{mongo_server.port}/?directConnection=true")["reporting"]
         loaded_s3 = make_client(f"http://127.0.0.1:{s3_server.port}")

@@ -6,8 +6,8 @@ import mongomock
 import pytest
 from botocore.exceptions import ClientError
 
-from reporting_pipeline import mongo
-from reporting_pipeline.store import report_key, store_file, store_report
+from reporting_pipeline.services import mongo
+from reporting_pipeline.stages.store import report_key, store_file, store_report
 
 AT = datetime(2026, 11, 17, 9, tzinfo=UTC)
 

@@ -12,14 +12,14 @@ from dagster import build_sensor_context
 from fastapi.testclient import TestClient
 from pymongo.errors import AutoReconnect
 
-from reporting_pipeline import mongo
-from reporting_pipeline.api import JwtSettings, create_app
+from reporting_pipeline.apps.api import JwtSettings, create_app
 from reporting_pipeline.defs import sensors
 from reporting_pipeline.defs.resources import MongoResource
-from reporting_pipeline.demo import run_weekly_cycle
-from reporting_pipeline.seed import seed
+from reporting_pipeline.local.demo import run_weekly_cycle
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
 from reporting_pipeline.sharding import shard_of
-from reporting_pipeline.subscribe import subscribe
+from reporting_pipeline.stages.subscribe import subscribe
 
 from .conftest import LAST_WEEK, NOW
 from .test_api import AUDIENCE, ISSUER, SECRET, auth
@@ -228,7 +228,7 @@ import json
 from datetime import datetime, UTC
 from dagster import build_schedule_context
 from reporting_pipeline.defs.definitions import defs
-from reporting_pipeline.aggregate import summarize
+from reporting_pipeline.stages.aggregate import summarize
 from reporting_pipeline.weeks import Week
 schedule = defs.resolve_schedule_def("weekly_reports_schedule")
 tick = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=datetime(2026, 10, 26, 1, 0, tzinfo=UTC),

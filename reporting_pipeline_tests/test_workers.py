@@ -7,9 +7,9 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from reporting_pipeline.dead_letters import record_dead_letter
-from reporting_pipeline.mongo import connect
-from reporting_pipeline.workers import WorkerPool, each
+from reporting_pipeline.operations.dead_letters import record_dead_letter
+from reporting_pipeline.services.mongo import connect
+from reporting_pipeline.stages.workers import WorkerPool, each
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def _state(pid: int) -> str:
 def test_workers_exit_when_their_step_process_is_killed():
     script = (
         "import time\n"
-        "from reporting_pipeline.workers import WorkerPool\n"
+        "from reporting_pipeline.stages.workers import WorkerPool\n"
         "from reporting_pipeline_tests.test_workers import pids\n"
         "if __name__ == '__main__':\n"
         "    pool = WorkerPool(2)\n"

@@ -17,10 +17,10 @@ from dagster import (
     multi_asset,
 )
 
-from reporting_pipeline.notify import deliver_shard
-from reporting_pipeline.retry import Backoff as RetryBackoff
+from reporting_pipeline.services.retry import Backoff as RetryBackoff
 from reporting_pipeline.settings import Settings
-from reporting_pipeline.stream import BuildJob, ShardSummary, build_shard
+from reporting_pipeline.stages.notify import deliver_shard
+from reporting_pipeline.stages.stream import BuildJob, ShardSummary, build_shard
 from reporting_pipeline.weeks import Week
 
 from .partitions import report_partitions, split_partition_key
@@ -46,7 +46,7 @@ def report_assets(settings: Settings) -> list:
     """The report assets for a deployment's partitions and knobs."""
     partitions = report_partitions(settings)
     # Step retries cover what fails a whole step (the subscription cursor, a breaker trip during an
-    # outage); per-subscriber calls retry inside the step (reporting_pipeline.retry).
+    # outage); per-subscriber calls retry inside the step (reporting_pipeline.services.retry).
     step_retry = RetryPolicy(max_retries=3, delay=settings.step_retry_delay_seconds, backoff=Backoff.EXPONENTIAL,
                              jitter=Jitter.FULL)
 

@@ -6,7 +6,7 @@ import os
 
 from dagster import Definitions, EnvVar, in_process_executor
 
-from reporting_pipeline import retry
+from reporting_pipeline.services import retry
 from reporting_pipeline.settings import Settings, variable_of
 
 from .assets import report_assets

@@ -14,8 +14,8 @@ from dagster import (
     define_asset_job,
 )
 
-from reporting_pipeline.reconcile import ReconcileReport, reconcile
-from reporting_pipeline.retain import sweep
+from reporting_pipeline.operations.reconcile import ReconcileReport, reconcile
+from reporting_pipeline.operations.retain import sweep
 from reporting_pipeline.settings import Settings
 
 from .jobs import RUN_RETRY_TAGS

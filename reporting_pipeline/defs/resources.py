@@ -7,9 +7,9 @@ import threading
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from reporting_pipeline import mongo
-from reporting_pipeline.notify import SmtpSettings
-from reporting_pipeline.objectstore import Encryption, ensure_bucket, make_client
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.mail import SmtpSettings
+from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client
 
 _DB_CACHE: dict[tuple[str, str], object] = {}
 _DB_LOCK = threading.Lock()

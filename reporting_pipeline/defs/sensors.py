@@ -19,13 +19,25 @@ from dagster import (
     sensor,
 )
 
-from reporting_pipeline import mongo as collections
-from reporting_pipeline.heal import undelivered_partitions
-from reporting_pipeline.notify import SmtpSession, compose_alert
-from reporting_pipeline.redrive import mark_launched, pending_requests, queue_first_report, queue_transient_redrives
+from reporting_pipeline.operations.heal import undelivered_partitions
+from reporting_pipeline.operations.redrive import (
+    mark_launched,
+    pending_requests,
+    queue_first_report,
+    queue_transient_redrives,
+)
+from reporting_pipeline.services import mongo as collections
+from reporting_pipeline.services.mail import SmtpSession
 from reporting_pipeline.settings import Settings
 from reporting_pipeline.sharding import shard_of
-from reporting_pipeline.subscribe import ACTIVE, PENDING, apply_validation, deactivate_for_enrollment, validate_pending
+from reporting_pipeline.stages.notify import compose_alert
+from reporting_pipeline.stages.subscribe import (
+    ACTIVE,
+    PENDING,
+    apply_validation,
+    deactivate_for_enrollment,
+    validate_pending,
+)
 from reporting_pipeline.weeks import as_utc, last_complete_week
 
 from .assets import PDFS, only_subscribers
@@ -129,7 +141,7 @@ def report_sensors(settings: Settings) -> list:
         return requests
 
     def heal_requests(context: SensorEvaluationContext, db, now: datetime) -> list[RunRequest]:
-        """A delivery run for each partition with reports nobody is emailing (see reporting_pipeline.heal)."""
+        """A delivery run for each partition with reports nobody is emailing (see reporting_pipeline.operations.heal)."""
         requests = []
         for (week, shard), waiting in sorted(undelivered_partitions(db, now).items()):
             partition = str(report_partition_key(week, shard))

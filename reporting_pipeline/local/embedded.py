@@ -4,7 +4,7 @@ They speak the real protocols where it matters: S3 is moto's HTTP server (boto3 
 reach it over a socket) and SMTP is an aiosmtpd server that smtplib talks to. MongoDB is mongomock,
 in-process, reached through the pymongo API (`wire_mongo` serves one to several processes).
 
-`python -m reporting_pipeline.embedded s3 --port P --bucket B [--seed SPEC]` serves S3 on its own for
+`python -m reporting_pipeline.local.embedded s3 --port P --bucket B [--seed SPEC]` serves S3 on its own for
 `reporting-pipeline dev`: it creates the bucket with default encryption, loads the seed's files, then
 prints `READY <host> <port>`.
 """
@@ -28,7 +28,7 @@ from urllib.parse import quote
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
-from .objectstore import Encryption, ensure_bucket, make_client, sha256_hex
+from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client, sha256_hex
 
 
 def free_port() -> int:
@@ -153,8 +153,9 @@ def embedded_services(workdir: Path, outbox_folder: Path | None = None, bucket: 
 
 
 def _serve_s3(args) -> None:
+    from reporting_pipeline.stages.store import file_metadata
+
     from .seed import SeedSpec, seed_objects
-    from .store import file_metadata
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     s3.add_argument("--bucket", required=True)
     s3.add_argument("--sse", default="AES256", help="the bucket's default encryption and the seed's")
     s3.add_argument("--kms-key-id")
-    s3.add_argument("--seed", help="seed spec (JSON, see reporting_pipeline.seed.SeedSpec) whose files to load")
+    s3.add_argument("--seed", help="seed spec (JSON, see reporting_pipeline.local.seed.SeedSpec) whose files to load")
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")  # the stand-in checks no signature
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

@@ -89,7 +89,7 @@ def connect(uri: str):
             if uri not in _MOCK_CLIENTS:
                 _MOCK_CLIENTS[uri] = mongomock.MongoClient(tz_aware=True)
             return _MOCK_CLIENTS[uri]
-    # Retries happen once, in reporting_pipeline.retry; every write the pipeline makes is idempotent.
+    # Retries happen once, in reporting_pipeline.services.retry; every write the pipeline makes is idempotent.
     return pymongo.MongoClient(uri, tz_aware=True, appname="reporting-pipeline", retryWrites=False, retryReads=False)
 
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
 
-from .dead_letters import carry
-from .retry import captured
+from reporting_pipeline.operations.dead_letters import carry
+from reporting_pipeline.services.retry import captured
 
 
 def _each(fn: Callable, items: Sequence) -> list:
@@ -84,7 +84,7 @@ class Pending:
 # milliseconds instead of paying a second of imports (pandas, reportlab, boto3) each. The server is
 # spawned clean, not forked from the run's process, whose threads (pymongo, boto3) a fork could copy
 # mid-lock. One server per run process, shared by every pool it starts.
-PRELOAD = ["reporting_pipeline.stream"]
+PRELOAD = ["reporting_pipeline.stages.stream"]
 
 
 def _context():

@@ -15,10 +15,10 @@ from functools import lru_cache
 from typing import Sequence
 from xml.sax.saxutils import escape
 
+from reportlab import rl_config
 from reportlab.graphics.charts.lineplots import LinePlot
 from reportlab.graphics.shapes import Drawing, Line, String
 from reportlab.graphics.widgets.markers import makeMarker
-from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT, TA_RIGHT
 from reportlab.lib.pagesizes import A4
@@ -37,8 +37,9 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from reporting_pipeline.errors import Issue
+
 from .aggregate import AggregatedReport, local_date
-from .errors import Issue
 from .fonts import FontSet, load_fonts
 from .scripttext import ScriptText, Span
 

@@ -15,11 +15,12 @@ from urllib.parse import unquote, urlparse
 
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context
 
-from . import mongo
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import Encryption, make_client, sha256_hex
+from reporting_pipeline.settings import Settings
+
 from .embedded import embedded_services
-from .objectstore import Encryption, make_client, sha256_hex
 from .seed import seed
-from .settings import Settings
 
 LINK_RE = re.compile(r"https?://\S+")
 
@@ -98,7 +99,7 @@ def download_link(url: str) -> bytes:
 
 
 def run_demo(subscribers: int, out: Path, now: datetime | None = None, progress=print) -> dict:
-    from .defs.definitions import build_definitions
+    from reporting_pipeline.defs.definitions import build_definitions
 
     now = now or datetime.now(UTC)
     if out.exists():

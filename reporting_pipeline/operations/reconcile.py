@@ -18,13 +18,14 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from . import mongo
-from .weeks import as_utc
-from .objectstore import Encryption, is_not_found, list_objects
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import Encryption, is_not_found, list_objects
+from reporting_pipeline.services.retry import call_with_retry
+from reporting_pipeline.stages.store import recorded_at_of
+from reporting_pipeline.weeks import as_utc
+
 from .redrive import REDRIVE_REQUESTS, queue_redrive
 from .retain import report_written_at
-from .retry import call_with_retry
-from .store import recorded_at_of
 
 FILES_PREFIX = "files/"
 REPORTS_PREFIX = "reports/"

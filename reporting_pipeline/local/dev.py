@@ -3,7 +3,7 @@
 A stand-in starts only when its variable is unset: MONGODB_URI (mongoeco's wire server, in memory),
 AWS_ENDPOINT_URL (moto's S3 server), SMTP_HOST (a sink saving .eml files). Every child runs in its
 own session; Ctrl-C, SIGTERM or SIGHUP stops them all, and whatever they left behind, before exiting.
-`python -m reporting_pipeline.dev` is the same command.
+`python -m reporting_pipeline.local.dev` is the same command.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def _seed_spec(args, env: dict, embedded_mongo: bool, now: datetime):
     if args.no_seed:
         return None
     if not embedded_mongo:
-        from . import mongo
+        from reporting_pipeline.services import mongo
 
         client = mongo.connect(env["MONGODB_URI"])
         try:
@@ -266,10 +266,11 @@ def _seed_spec(args, env: dict, embedded_mongo: bool, now: datetime):
 
 def _seed_external(spec, env: dict, embedded_mongo: bool, embedded_s3: bool) -> None:
     """The halves of the seed that go to services we did not start: over the network, files first."""
-    from . import mongo
-    from .objectstore import Encryption, ensure_bucket, make_client, put_if_changed
+    from reporting_pipeline.services import mongo
+    from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client, put_if_changed
+    from reporting_pipeline.stages.store import file_metadata
+
     from .seed import seed_documents, seed_objects
-    from .store import file_metadata
 
     if not embedded_s3:
         s3 = make_client(env.get("AWS_ENDPOINT_URL") or None)
@@ -294,7 +295,7 @@ def _write_instance_yaml(home: Path) -> Path:
 
 
 def _first_week(weeks: int, timezone: str, now: datetime) -> str:
-    from .weeks import last_complete_week
+    from reporting_pipeline.weeks import last_complete_week
 
     return (last_complete_week(now, timezone).monday - timedelta(days=7 * (weeks - 1))).isoformat()
 
@@ -388,7 +389,7 @@ def dev_main(args) -> int:
         started = time.monotonic()
         ready = []
         if embedded_mongo:
-            mongo = Child("MongoDB (mongoeco)", [sys.executable, "-m", "reporting_pipeline.wire_mongo",
+            mongo = Child("MongoDB (mongoeco)", [sys.executable, "-m", "reporting_pipeline.local.wire_mongo",
                                                  "--port", str(args.mongo_port),
                                                  "--database", env.get("MONGODB_DATABASE", "reporting"),
                                                  *(["--seed", spec.to_json()] if spec else [])],
@@ -396,7 +397,7 @@ def dev_main(args) -> int:
             children.append(mongo)
             ready.append((mongo, f"MongoDB  {env['MONGODB_URI']}  (mongoeco, in memory; log {logs / 'mongo.log'})"))
         if embedded_s3:
-            s3 = Child("S3 (moto)", [sys.executable, "-m", "reporting_pipeline.embedded", "s3",
+            s3 = Child("S3 (moto)", [sys.executable, "-m", "reporting_pipeline.local.embedded", "s3",
                                      "--port", str(args.s3_port), "--bucket", env["REPORTS_BUCKET"],
                                      "--sse", env.get("REPORTS_SSE") or "AES256",
                                      *(["--kms-key-id", env["REPORTS_KMS_KEY_ID"]] if env.get("REPORTS_KMS_KEY_ID")
@@ -407,7 +408,7 @@ def dev_main(args) -> int:
             ready.append((s3, f"S3       {env['AWS_ENDPOINT_URL']}  bucket {env['REPORTS_BUCKET']}, default "
                               f"encryption {env.get('REPORTS_SSE') or 'AES256'}  (moto, in memory; log {logs / 's3.log'})"))
         if embedded_smtp:
-            smtp = Child("SMTP sink", [sys.executable, "-m", "reporting_pipeline.outbox", "serve",
+            smtp = Child("SMTP sink", [sys.executable, "-m", "reporting_pipeline.local.outbox", "serve",
                                        "--port", str(args.smtp_port), "--folder", str(outbox)], env, logs / "smtp.log",
                          ready_line=True)
             children.append(smtp)
@@ -466,7 +467,7 @@ def dev_main(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reporting_pipeline.dev", description=__doc__,
+    parser = argparse.ArgumentParser(prog="reporting_pipeline.local.dev", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dev_arguments(parser)
     return dev_main(parser.parse_args(argv))

@@ -8,15 +8,15 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-
 from pymongo.database import Database
 
-from .dead_letters import record_dead_letter, record_data_issues
-from .errors import Issue, ReportInputError, TextNotUtf8
+from reporting_pipeline.errors import Issue, ReportInputError, TextNotUtf8
+from reporting_pipeline.operations.dead_letters import record_data_issues, record_dead_letter
+from reporting_pipeline.services.retry import captured
+from reporting_pipeline.weeks import Week
+
 from .fetch import SubscriberWeek
 from .images import make_thumbnail
-from .retry import captured
-from .weeks import Week
 
 SUMMARY_COLUMNS = [
     "metric", "unit", "count", "mean", "min", "max", "previous_mean", "change", "out_of_range", "ref_low", "ref_high",

@@ -18,9 +18,9 @@ from botocore.exceptions import ClientError
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from . import mongo
-from .errors import Issue, ReportInputError
-from .retry import CarriedFailure, call_with_retry, is_transient
+from reporting_pipeline.errors import Issue, ReportInputError
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.retry import CarriedFailure, call_with_retry, is_transient
 
 STAGES = ("fetch", "aggregate", "render", "store", "deliver")
 

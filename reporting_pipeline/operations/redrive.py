@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 from bson import ObjectId
 from pymongo.database import Database
 
-from . import mongo
-from .sharding import shard_of
-from .weeks import as_utc
+from reporting_pipeline.services import mongo
+from reporting_pipeline.sharding import shard_of
+from reporting_pipeline.weeks import as_utc
 
 REDRIVE_REQUESTS = "redrive_requests"
 # Which job re-does a failed stage: anything up to storing the PDF needs the report run.

@@ -16,9 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from . import mongo
-from .errors import InvalidEmailAddress
-from .sharding import shard_bucket
+from reporting_pipeline.errors import InvalidEmailAddress
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.mail import validate_email
+from reporting_pipeline.sharding import shard_bucket
 
 PENDING, ACTIVE, REJECTED, UNSUBSCRIBED, INACTIVE = "pending", "active", "rejected", "unsubscribed", "inactive"
 UNSUBSCRIBE_TOKENS = "unsubscribe_tokens"
@@ -181,8 +182,6 @@ def unsubscribe_with_token(db: Database, token: str, now: datetime | None = None
 
 def validate_pending(db: Database, doc: dict) -> tuple[str, str, str | None]:
     """A pending subscription's fate, decided without writing: (new status, reason, email from the enrollment)."""
-    from .notify import validate_email  # notify imports nothing of ours that imports this module
-
     try:
         enrollment = check_enrollment(db, doc["trial_id"], doc["participant_id"])
         validate_email(enrollment.get("email"), doc["_id"])

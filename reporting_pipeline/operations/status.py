@@ -8,12 +8,13 @@ from datetime import datetime
 
 from pymongo.database import Database
 
-from . import mongo
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import list_objects
+from reporting_pipeline.sharding import shard_filter, shard_ids, shard_of
+from reporting_pipeline.stages.store import report_key
+from reporting_pipeline.weeks import as_utc
+
 from .heal import held_claims
-from .objectstore import list_objects
-from .sharding import shard_filter, shard_ids, shard_of
-from .store import report_key
-from .weeks import as_utc
 
 
 @dataclass

@@ -8,7 +8,7 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import CorruptImage, ImageTooLarge
+from reporting_pipeline.errors import CorruptImage, ImageTooLarge
 
 # Refuse before decoding: 40 megapixels covers any phone camera, and a 20000x20000 image would
 # need 1.2 GB of RGB memory to decode.

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
-from . import mongo
-from .objectstore import Encryption, put_if_changed, sha256_hex
-from .weeks import as_utc
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import Encryption, put_if_changed, sha256_hex
+from reporting_pipeline.weeks import as_utc
 
 PDF = "application/pdf"
 

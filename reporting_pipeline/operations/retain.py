@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from botocore.exceptions import ClientError
 from pymongo.database import Database
 
-from . import mongo
-from .compat import batched
-from .weeks import as_utc
-from .retry import call_with_retry
+from reporting_pipeline.compat import batched
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.retry import call_with_retry
+from reporting_pipeline.weeks import as_utc
 
 MAX_RETENTION_DAYS = 3650
 REPORTS_PREFIX = "reports/"

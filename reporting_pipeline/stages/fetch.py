@@ -8,22 +8,29 @@ the aggregation and rendering that use them. Memory is bounded by the batch size
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict, deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from botocore.exceptions import ClientError
 from pymongo.database import Database
 
-from . import mongo
-from .compat import batched
-from .errors import ChecksumMismatch, FileTooLarge, Issue, MalformedRecord, MissingObject, ReportInputError
-from .objectstore import is_not_found, sha256_hex
-from .retry import call_with_retry, captured
-from .sharding import shard_filter
-from .weeks import Week, as_utc
+from reporting_pipeline.compat import batched
+from reporting_pipeline.errors import (
+    ChecksumMismatch,
+    FileTooLarge,
+    Issue,
+    MalformedRecord,
+    MissingObject,
+    ReportInputError,
+)
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import is_not_found, sha256_hex
+from reporting_pipeline.services.retry import call_with_retry, captured
+from reporting_pipeline.sharding import shard_filter
+from reporting_pipeline.weeks import Week, as_utc
 
 # Larger files are refused before download: no diary note or photo needs more.
 MAX_FILE_BYTES = 25 * 1024 * 1024

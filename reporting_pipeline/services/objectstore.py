@@ -25,7 +25,7 @@ def make_client(endpoint_url: str | None = None, region: str | None = None):
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path" if endpoint_url else "auto"},
-        # Retries happen once, in reporting_pipeline.retry; botocore's own would multiply them.
+        # Retries happen once, in reporting_pipeline.services.retry; botocore's own would multiply them.
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=5,
         read_timeout=60,

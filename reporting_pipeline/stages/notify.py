@@ -6,75 +6,41 @@ lease before sending and marked sent afterwards, so a retried or doubled run nev
 
 from __future__ import annotations
 
-import email.policy
 import hashlib
 import re
-import smtplib
-import ssl
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses, parseaddr
+from email.utils import format_datetime
 from functools import partial
 from html import escape
 
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from . import mongo
-from .compat import batched
-from .dead_letters import record_dead_letter, resolve_dead_letters
-from .dkim_sign import DkimSigner, signer_for
-from .errors import InvalidEmailAddress
-from .objectstore import presigned_get_url
-from .retry import Breaker, call_with_retry
-from .settings import MAX_LINK_TTL_HOURS
+from reporting_pipeline.compat import batched
+from reporting_pipeline.errors import InvalidEmailAddress
+from reporting_pipeline.operations.dead_letters import record_dead_letter, resolve_dead_letters
+from reporting_pipeline.operations.retain import report_expires_at
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.mail import (
+    MAX_LINE_LENGTH,
+    WIRE_POLICY,
+    Pacer,
+    SmtpSession,
+    SmtpSettings,
+    validate_email,
+)
+from reporting_pipeline.services.objectstore import presigned_get_url
+from reporting_pipeline.services.retry import Breaker, call_with_retry
+from reporting_pipeline.settings import MAX_LINK_TTL_HOURS
+from reporting_pipeline.weeks import Week
+
 from .subscribe import issue_unsubscribe_token
-from .retain import report_expires_at
-from .weeks import Week
 
 SUBJECT = "Your weekly report is ready"
-# How messages go on the wire: CRLF line ends, headers folded only past RFC 5322's 998-character line
-# limit. At the default 78, Python "folds" a long URL in List-Unsubscribe (it has no whitespace to fold
-# at) into RFC 2047 encoded-words, which RFC 2369 does not allow and receivers do not decode there.
-MAX_LINE_LENGTH = 998
-WIRE_POLICY = email.policy.SMTP.clone(max_line_length=MAX_LINE_LENGTH)
 # Printable ASCII but the angle brackets that delimit the URI in List-Unsubscribe.
 _HEADER_URI_RE = re.compile(r"[!-;=?-~]+")
-# Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
-_EMAIL_RE = re.compile(
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
-    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
-)
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int = 25
-    username: str | None = None
-    password: str | None = None
-    starttls: bool = False
-    email_from: str = "reports@localhost"
-    timeout: float = 30.0
-    # DKIM signing: all three or none. The key is PEM text or the path of a PEM file; kept out of repr.
-    dkim_selector: str | None = None
-    dkim_domain: str | None = None
-    dkim_private_key: str | None = field(default=None, repr=False)
-    # Cap on one delivery run's sends; None sends as fast as the server accepts.
-    max_messages_per_second: float | None = None
-
-    def __post_init__(self):
-        rate = self.max_messages_per_second
-        if rate is not None and not 0 < rate < float("inf"):
-            raise ValueError(f"max_messages_per_second must be a positive number or None, got {rate}")
-        self.dkim_signer()  # a bad or half DKIM configuration fails here, not at the first send
-
-    def dkim_signer(self) -> DkimSigner | None:
-        return signer_for(self.dkim_selector, self.dkim_domain, self.dkim_private_key)
-
-
 @dataclass
 class DeliverySummary:
     sent: int = 0
@@ -90,13 +56,6 @@ class DeliverySummary:
     def as_metadata(self) -> dict:
         return {"sent": self.sent, "already_sent": self.already_sent, "held_elsewhere": self.held_elsewhere,
                 "not_active": self.not_active, "failed": self.failed, "complete": self.complete}
-
-
-def validate_email(address: object, subscription_id: str) -> str:
-    """The address if it can be sent to; the error never repeats the address itself."""
-    if not isinstance(address, str) or not _EMAIL_RE.fullmatch(address) or ".." in address:
-        raise InvalidEmailAddress(f"subscription {subscription_id}: email address is not valid", subscription_id)
-    return address
 
 
 def link_ttl(hours: int) -> timedelta:
@@ -168,92 +127,6 @@ def _html_body(week_label: str, link: str, expiry: str, unsubscribe_url: str) ->
     )
 
 
-def wire_bytes(message: EmailMessage) -> bytes:
-    """The message as sent: any message (an alert composed elsewhere too) gets the wire policy's headers."""
-    return message.as_bytes(policy=WIRE_POLICY)
-
-
-def envelope_of(message: EmailMessage) -> tuple[str, list[str]]:
-    """SMTP sender and recipients from From and To (our messages have no Cc or Bcc)."""
-    sender = parseaddr(str(message["From"]))[1]
-    recipients = [address for _, address in getaddresses([str(v) for v in message.get_all("To", [])])]
-    return sender, recipients
-
-
-class Pacer:
-    """Spaces sends at least 1/rate seconds apart (rate None: no limit).
-
-    Clock and sleep are injectable so that tests pace on a fake clock instead of waiting.
-    """
-
-    def __init__(self, rate: float | None, *, clock=time.monotonic, sleep=time.sleep):
-        self._interval = 0.0 if rate is None else 1.0 / rate
-        self._clock, self._sleep = clock, sleep
-        self._next_at: float | None = None
-
-    def wait(self) -> None:
-        """Return once the next send may go."""
-        if not self._interval:
-            return
-        now = self._clock()
-        # Re-read the clock after each sleep rather than assume it lasted exactly as asked.
-        while self._next_at is not None and now < self._next_at:
-            self._sleep(self._next_at - now)
-            now = self._clock()
-        self._next_at = now + self._interval
-
-
-class SmtpSession:
-    """One SMTP connection reused for a batch of messages, reconnecting if the server hangs up.
-
-    Sends are paced by `pacer`; share one across sessions to pace a whole run.
-    """
-
-    def __init__(self, settings: SmtpSettings, pacer: Pacer | None = None):
-        self.settings = settings
-        self._pacer = pacer or Pacer(settings.max_messages_per_second)
-        self._signer = settings.dkim_signer()
-        self._smtp: smtplib.SMTP | None = None
-
-    def _connect(self) -> smtplib.SMTP:
-        s = self.settings
-        smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-        if s.starttls:
-            smtp.starttls(context=ssl.create_default_context())
-        if s.username:
-            smtp.login(s.username, s.password or "")
-        return smtp
-
-    def send(self, message: EmailMessage) -> None:
-        """Send the message as exactly the bytes of `wire_bytes`, DKIM-signed if configured."""
-        data = wire_bytes(message)
-        if self._signer:
-            data = self._signer.sign(data)  # signed as sent: any later change would break the signature
-        sender, recipients = envelope_of(message)
-        self._pacer.wait()
-        if self._smtp is None:
-            self._smtp = self._connect()
-        try:
-            self._smtp.sendmail(sender, recipients, data)
-        except smtplib.SMTPServerDisconnected:
-            self._smtp = self._connect()
-            self._smtp.sendmail(sender, recipients, data)
-
-    def close(self) -> None:
-        if self._smtp is not None:
-            try:
-                self._smtp.quit()
-            except smtplib.SMTPException:
-                pass
-            self._smtp = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 CLAIMED, SENT, HELD = "claimed", "sent", "held"
 
 
@@ -294,7 +167,7 @@ def try_claim(db: Database, subscription_id: str, week_key: str, owner: str, lea
 
 def mark_report(db: Database, subscription_id: str, week_key: str, state: str) -> None:
     """Record on the report what delivery made of it (`sent`, `not_active`); reports without it are looked for
-    by the delivery healer (`reporting_pipeline.heal`)."""
+    by the delivery healer (`reporting_pipeline.operations.heal`)."""
     db[mongo.REPORTS].update_one({"subscription_id": subscription_id, "week": week_key},
                                  {"$set": {"delivery_state": state}})
 

@@ -5,35 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 
-def _seed(args) -> int:
-    from .objectstore import ensure_bucket
-    from .seed import seed
-
-    db = _database(args.settings)
-    s3, bucket, encryption = _storage(args.settings)
-    if args.settings.aws_endpoint_url:
-        ensure_bucket(s3, bucket)
-    result = seed(db, s3, bucket, encryption,
-                  subscribers=args.subscribers, weeks=args.weeks, timezone=args.settings.timezone,
-                  rng_seed=args.seed, progress=lambda n, total: print(f"seeded {n}/{total}"))
-    print(f"seeded {len(result.subscription_ids)} subscriptions, {result.records} records, {result.files} files "
-          f"for weeks {', '.join(result.weeks)}")
-    return 0
-
-
-def _database(settings):
-    from . import mongo
+def database(settings):
+    """The configured MongoDB database."""
+    from reporting_pipeline.services import mongo
 
     return mongo.connect(settings.mongodb_uri)[settings.mongodb_database]
 
 
 def _dead_letters(args) -> int:
-    from .redrive import open_dead_letters, redrive_dead_letters, resolve_dead_letter
+    from reporting_pipeline.operations.redrive import open_dead_letters, redrive_dead_letters, resolve_dead_letter
 
-    db = _database(args.settings)
+    db = database(args.settings)
     if args.action == "list":
         letters = open_dead_letters(db, week=args.week, status=None if args.status == "all" else args.status)
         print(f"{'id':26} {'week':10} {'subscription':24} {'stage':9} {'code':22} {'tries':>5} {'status':8} last seen")
@@ -54,8 +38,9 @@ def _dead_letters(args) -> int:
     return 1
 
 
-def _storage(settings):
-    from .objectstore import Encryption, make_client
+def storage(settings):
+    """(S3 client, bucket, encryption) of the configured report store."""
+    from reporting_pipeline.services.objectstore import Encryption, make_client
 
     s3 = make_client(settings.aws_endpoint_url, settings.aws_region)
     return s3, settings.reports_bucket, Encryption(settings.reports_sse, settings.reports_kms_key_id)
@@ -64,10 +49,10 @@ def _storage(settings):
 def _reconcile(args) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from .reconcile import reconcile
+    from reporting_pipeline.operations.reconcile import reconcile
 
-    db = _database(args.settings)
-    s3, bucket, encryption = _storage(args.settings)
+    db = database(args.settings)
+    s3, bucket, encryption = storage(args.settings)
     grace = args.grace_hours if args.grace_hours is not None else args.settings.orphan_grace_hours
     report = reconcile(db, s3, bucket, now=datetime.now(UTC), grace=timedelta(hours=grace),
                        repair=args.repair, page_size=args.page_size, encryption=encryption,
@@ -83,24 +68,24 @@ def _reconcile(args) -> int:
 def _retention(args) -> int:
     from datetime import UTC, datetime
 
-    from .retain import apply_lifecycle, sweep
+    from reporting_pipeline.operations.retain import apply_lifecycle, sweep
 
-    s3, bucket, _ = _storage(args.settings)
+    s3, bucket, _ = storage(args.settings)
     days = args.settings.retention_days
     if args.action == "apply-lifecycle":
         changed = apply_lifecycle(s3, bucket, days)
         print(f"lifecycle of {bucket}: reports expire after {days} days "
               f"({'updated' if changed else 'already in place'})")
         return 0
-    result = sweep(_database(args.settings), s3, bucket, now=datetime.now(UTC), days=days)
+    result = sweep(database(args.settings), s3, bucket, now=datetime.now(UTC), days=days)
     print(" ".join(f"{k}={v}" for k, v in result.as_metadata().items()))
     return 0
 
 
 def _subscriptions(args) -> int:
-    from . import subscribe as subs
+    from reporting_pipeline.stages import subscribe as subs
 
-    db = _database(args.settings)
+    db = database(args.settings)
     try:
         if args.action == "add":
             doc, created = subs.subscribe(db, args.trial, args.participant, timezone=args.timezone)
@@ -138,8 +123,8 @@ def _dagster_figures(week: str, shard_count: int) -> tuple[dict, int | None, int
 
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-    from .defs.runs import REPORTS, latest_run, run_kind
-    from .sharding import shard_ids
+    from reporting_pipeline.defs.runs import REPORTS, latest_run, run_kind
+    from reporting_pipeline.sharding import shard_ids
 
     states = {}
     with DagsterInstance.get() as instance:
@@ -159,15 +144,15 @@ def _dagster_figures(week: str, shard_count: int) -> tuple[dict, int | None, int
 def _status(args) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from .observe import dead_links, delivery_latencies, prometheus_text, week_status
-    from .weeks import Week, last_complete_week
+    from reporting_pipeline.operations.status import dead_links, delivery_latencies, prometheus_text, week_status
+    from reporting_pipeline.weeks import Week, last_complete_week
 
     settings = args.settings
-    db = _database(settings)
+    db = database(settings)
     now = datetime.now(UTC)
     week = args.week or last_complete_week(now, settings.timezone).key
     Week.from_key(week, settings.timezone)
-    s3, bucket, _ = _storage(settings)
+    s3, bucket, _ = storage(settings)
     links = dead_links(db, s3, bucket, week, links_since=now - timedelta(hours=settings.link_ttl_hours))
     rows = week_status(db, week, settings.shards, links)
     states, queued, failed = _dagster_figures(week, settings.shards)
@@ -189,38 +174,37 @@ def _status(args) -> int:
     return 0 if all(r.complete for r in rows) else 1
 
 
-def _demo(args) -> int:
-    from .demo import run_demo
-
-    summary = run_demo(args.subscribers, Path(args.out))
-    return 0 if summary["emails_sent"] == summary["subscribers"] and not summary["failed_runs"] else 1
-
-
-# `dev` and `outbox` run the local stand-ins (the `local` extra), which a production install lacks: their
-# modules are imported only when the parser is built (standard library only) or the command runs.
-def _dev(args) -> int:
-    from .dev import dev_main
-
-    return dev_main(args)
+# The local tooling's commands (the `local` extra): parsed and run by reporting_pipeline.local.commands,
+# which production never imports.
+LOCAL_COMMANDS = {
+    "dev": "run Dagster (UI, daemon) with local MongoDB, S3 and SMTP stand-ins",
+    "outbox": "list the emails the dev stack's SMTP sink saved",
+    "demo": "run one weekly cycle on embedded services and write the results",
+    "seed": "create synthetic trials, subscriptions, records and files",
+}
 
 
-def _outbox(args) -> int:
-    from .outbox import outbox_main
+def settings_from_env():
+    """The settings, or None after printing the one-line error that names the variable."""
+    from reporting_pipeline.settings import Settings, SettingsError
 
-    return outbox_main(args)
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        print(f"reporting-pipeline: {error}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .dev import add_dev_arguments
-    from .outbox import add_outbox_arguments
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Nothing leaves the machine: Dagster's telemetry uploader runs unless this variable is set.
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+    if argv and argv[0] in LOCAL_COMMANDS:
+        from reporting_pipeline.local.commands import main as local_main
 
+        return local_main(argv)
     parser = argparse.ArgumentParser(prog="reporting-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("seed", help="create synthetic trials, subscriptions, records and files")
-    p.add_argument("--subscribers", type=int, default=24)
-    p.add_argument("--weeks", type=int, default=3)
-    p.add_argument("--seed", type=int, default=7, help="random seed; the same seed creates the same data")
-    p.set_defaults(func=_seed)
     p = sub.add_parser("dead-letters", help="list, redrive or resolve per-subscriber failures")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list", help="show dead letters")
@@ -262,29 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--week", help="Monday of the week (YYYY-MM-DD); default: the last complete week")
     p.add_argument("--prometheus", action="store_true", help="print Prometheus text-format metrics instead")
     p.set_defaults(func=_status)
-    p = sub.add_parser("dev", help="run Dagster (UI, daemon) with local MongoDB, S3 and SMTP stand-ins")
-    add_dev_arguments(p)
-    p.set_defaults(func=_dev)
-    p = sub.add_parser("outbox", help="list the emails the dev stack's SMTP sink saved")
-    add_outbox_arguments(p)
-    p.set_defaults(func=_outbox)
-    p = sub.add_parser("demo", help="run one weekly cycle on embedded services and write the results")
-    p.add_argument("--subscribers", type=int, default=24)
-    p.add_argument("--out", default="demo-output")
-    p.set_defaults(func=_demo)
+    for name, help_text in LOCAL_COMMANDS.items():
+        sub.add_parser(name, help=help_text)  # listed here; `reporting-pipeline NAME --help` tells the rest
     args = parser.parse_args(argv)
-    # Nothing leaves the machine: Dagster's telemetry uploader runs unless this variable is set.
-    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
-    if getattr(args, "subscribers", 1) < 1:
-        parser.error("--subscribers must be at least 1")
-    if args.func not in (_dev, _outbox, _demo):  # these set up their own environment
-        from .settings import Settings, SettingsError
-
-        try:
-            args.settings = Settings.from_env()
-        except SettingsError as error:
-            print(f"reporting-pipeline: {error}", file=sys.stderr)
-            return 2
+    args.settings = settings_from_env()
+    if args.settings is None:
+        return 2
     return args.func(args)
 
 

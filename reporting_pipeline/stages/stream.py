@@ -17,16 +17,22 @@ from functools import partial
 
 from pymongo.database import Database
 
-from . import mongo
+from reporting_pipeline.errors import Issue
+from reporting_pipeline.operations.dead_letters import (
+    carry,
+    record_data_issues,
+    record_dead_letter,
+    resolve_dead_letters,
+)
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import Encryption, make_client
+from reporting_pipeline.services.retry import Backoff, Breaker, call_with_retry, captured, configure
+from reporting_pipeline.weeks import Week
+
 from .aggregate import aggregate_many
-from .dead_letters import carry, record_dead_letter, record_data_issues, resolve_dead_letters
-from .errors import Issue
 from .fetch import SubscriberWeek, count_subscriptions, iter_subscriber_batches, load_files
-from .objectstore import Encryption, make_client
 from .render import render_report_checked
-from .retry import Backoff, Breaker, call_with_retry, captured, configure
 from .store import store_report
-from .weeks import Week
 from .workers import WorkerPool, lookahead
 
 BUILD_STAGES = ("fetch", "aggregate", "render", "store")

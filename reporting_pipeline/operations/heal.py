@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from pymongo.database import Database
 
-from . import mongo
-from .weeks import as_utc
+from reporting_pipeline.services import mongo
+from reporting_pipeline.weeks import as_utc
 
 # A report nobody claimed is left this long to the delivery sensor, which normally asks within 30 s.
 UNCLAIMED_SETTLE = timedelta(minutes=5)

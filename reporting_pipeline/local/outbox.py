@@ -1,7 +1,7 @@
 """A local SMTP sink that saves every message as a .eml file, and the listing of that outbox folder.
 
-`python -m reporting_pipeline.outbox serve --port P --folder DIR` prints `READY <host> <port>` once it
-accepts connections and serves until SIGTERM or SIGINT. `python -m reporting_pipeline.outbox [--outbox DIR]`
+`python -m reporting_pipeline.local.outbox serve --port P --folder DIR` prints `READY <host> <port>` once it
+accepts connections and serves until SIGTERM or SIGINT. `python -m reporting_pipeline.local.outbox [--outbox DIR]`
 lists the saved messages (the same as `reporting-pipeline outbox`).
 """
 
@@ -115,14 +115,14 @@ def outbox_main(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        parser = argparse.ArgumentParser(prog="reporting_pipeline.outbox serve")
+        parser = argparse.ArgumentParser(prog="reporting_pipeline.local.outbox serve")
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=1025)
         parser.add_argument("--folder", required=True)
         args = parser.parse_args(argv[1:])
         serve(args.host, args.port, Path(args.folder))
         return 0
-    parser = argparse.ArgumentParser(prog="reporting_pipeline.outbox", description=outbox_main.__doc__)
+    parser = argparse.ArgumentParser(prog="reporting_pipeline.local.outbox", description=outbox_main.__doc__)
     add_outbox_arguments(parser)
     return outbox_main(parser.parse_args(argv))
 

@@ -21,11 +21,11 @@ from PIL import Image, ImageDraw
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from . import mongo
-from .objectstore import Encryption, put_if_changed
-from .store import file_document, file_metadata
-from .subscribe import ACTIVE, subscription_document
-from .weeks import Week, last_complete_week
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import Encryption, put_if_changed
+from reporting_pipeline.stages.store import file_document, file_metadata
+from reporting_pipeline.stages.subscribe import ACTIVE, subscription_document
+from reporting_pipeline.weeks import Week, last_complete_week
 
 # metric: (unit, reference low, reference high, typical value, day-to-day spread)
 METRICS = {

@@ -1,6 +1,6 @@
 """A MongoDB-wire server (mongoeco) for local runs where several processes must share one database.
 
-`python -m reporting_pipeline.wire_mongo [--port P] [--seed SPEC]` loads the seed's documents (if
+`python -m reporting_pipeline.local.wire_mongo [--port P] [--seed SPEC]` loads the seed's documents (if
 given), prints `READY <host> <port>` once it accepts connections and serves until SIGTERM or SIGINT.
 Clients use plain pymongo: mongodb://127.0.0.1:P/.
 """
@@ -52,7 +52,7 @@ class MongoWireServer:
 
     def __enter__(self):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "reporting_pipeline.wire_mongo", "--port", str(self.port)],
+            [sys.executable, "-m", "reporting_pipeline.local.wire_mongo", "--port", str(self.port)],
             stdout=subprocess.PIPE, text=True,
         )
         line = (self.process.stdout.readline() or "").split()
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--database", default="reporting", help="the database the seed goes into")
-    parser.add_argument("--seed", help="seed spec (JSON, see reporting_pipeline.seed.SeedSpec) to load before serving")
+    parser.add_argument("--seed", help="seed spec (JSON, see reporting_pipeline.local.seed.SeedSpec) to load before serving")
     args = parser.parse_args()
     engine, _client = _seeded_engine(args.database, args.seed)
     asyncio.run(_serve(args.host, args.port, engine))

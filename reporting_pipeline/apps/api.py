@@ -23,8 +23,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from . import subscribe as subs
-from .settings import Settings, SettingsError
+from reporting_pipeline.settings import Settings, SettingsError
+from reporting_pipeline.stages import subscribe as subs
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def mongo_client(uri: str):
     """
     from pymongo.uri_parser import parse_uri
 
-    from . import mongo
+    from reporting_pipeline.services import mongo
 
     if uri.startswith("mongomock://"):
         return mongo.connect(uri)
@@ -377,7 +377,7 @@ def build_app(settings: Settings, *, docs: bool = False) -> FastAPI:
 
     MongoDB is first touched by a request, not here: the process starts and answers /healthz while it is down.
     """
-    from . import mongo
+    from reporting_pipeline.services import mongo
 
     jwt_settings = JwtSettings.from_settings(settings)
     db = mongo_client(settings.mongodb_uri)[settings.mongodb_database]

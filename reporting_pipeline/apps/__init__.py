@@ -1,0 +1,1 @@
+"""The applications: the `reporting-pipeline` command line and the subscription API."""

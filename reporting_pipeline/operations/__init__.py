@@ -1,0 +1,1 @@
+"""Operations: dead letters, redrive, heal, reconcile, retain, status."""

@@ -384,7 +384,7 @@ def dev_main(args) -> int:
     code = 0
     try:
         # The stand-ins load the seed into their own storage while they start, side by side; each says
-        # READY once loaded. Loading 1,000 subscribers x 4 weeks takes about 30 s on 2 cores.
+        # READY once loaded. Loading 1,000 subscribers x 4 weeks takes about 45 s on 2 cores.
         spec = _seed_spec(args, env, embedded_mongo, now)
         started = time.monotonic()
         ready = []

@@ -1,7 +1,8 @@
-"""The production deployment: the Job that dagster.yaml's K8sRunLauncher creates, the Dockerfile, the Helm values.
+"""The production deployment: the Job that the K8sRunLauncher creates, the Dockerfile, the Helm values.
 
 No cluster: the launcher's own Kubernetes client sends the Job to a loopback HTTP server standing in for the
-API server, which records the request body, i.e. the manifest exactly as a cluster would receive it.
+API server, which records the request body, i.e. the manifest exactly as a cluster would receive it. No helm:
+helm_chart.py renders what the chart would from deploy/helm-values.yaml (the instance, the code server).
 """
 
 from __future__ import annotations
@@ -21,14 +22,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+import kubernetes_validate
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
 from dagster_k8s import K8sRunLauncher
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import construct_dagster_k8s_job
 
 from reporting_pipeline.embedded import free_port
 
+from . import helm_chart
 from .conftest import LAST_WEEK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,19 +44,16 @@ DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 LOCATION = "reporting-pipeline"  # the chart names a location after its user deployment
 
-# What the webserver and daemon pods would have in their environment.
+# What the webserver and daemon pods have in their environment: the chart's (and, for dagster.yaml,
+# what its variables stand for in the chart's release), the Secret's password, ConfigMap reporting-pipeline-env.
 PRODUCTION_ENV = {
-    "DAGSTER_PG_HOST": "postgres.example.internal",
-    "DAGSTER_PG_PORT": "5432",
-    "DAGSTER_PG_DB": "dagster",
-    "DAGSTER_PG_USERNAME": "dagster",
+    **helm_chart.chart_environment(yaml.safe_load((DEPLOY / "helm-values.yaml").read_text())),
     "DAGSTER_PG_PASSWORD": "not-used-here",
-    "DAGSTER_K8S_SERVICE_ACCOUNT": "reporting-runs",
-    "DAGSTER_K8S_NAMESPACE": "reporting",
-    "DAGSTER_K8S_INSTANCE_CONFIG_MAP": "dagster-instance",
-    "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql-secret",
-    "DAGSTER_HOME": "/opt/dagster/dagster_home",
+    "DAGSTER_COMPUTE_LOGS_BUCKET": "reporting-dagster-logs",
+    "DAGSTER_COMPUTE_LOGS_PREFIX": "compute-logs",
 }
+K8S_VERSION = "1.31"  # the manifests' schema: a Kubernetes version the project supports
+RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
 def production_config() -> dict:
@@ -65,7 +70,7 @@ def user_deployment() -> dict:
 
 
 def image_of(deployment: dict) -> str:
-    return f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    return helm_chart.image_name(deployment["image"])
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -73,17 +78,6 @@ def dockerfile() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
-
-
-def snake(key: str) -> str:
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
-
-
-def snake_keys(value):
-    """The chart's camelCase k8s config as dagster-k8s's snake_case config (Kubernetes resources keep theirs)."""
-    if isinstance(value, dict):
-        return {snake(k): v if k == "resources" else snake_keys(v) for k, v in value.items()}
-    return value
 
 
 class KubeApiRecorder:
@@ -125,9 +119,13 @@ class KubeApiRecorder:
         self.server.server_close()
 
     def kubeconfig(self, path: Path) -> Path:
+        return self.kubeconfig_for(self.url, path)
+
+    @staticmethod
+    def kubeconfig_for(url: str, path: Path) -> Path:
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "test", "cluster": {"server": url}}],
             "users": [{"name": "test", "user": {"token": "test-token"}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
         }))
@@ -135,13 +133,17 @@ class KubeApiRecorder:
 
 
 class CodeServer:
-    """The user deployment's code server as the chart starts it: its args, DAGSTER_CURRENT_IMAGE set to the image."""
+    """The user deployment's code server as the chart starts it: the args and the literal environment of the
+    Deployment it renders (DAGSTER_CURRENT_IMAGE; DAGSTER_CONTAINER_CONTEXT if runs are to get its config)."""
 
-    def __init__(self, deployment: dict, env: dict):
+    def __init__(self, values: dict, env: dict):
+        [container] = helm_chart.code_server_deployment(values)["spec"]["template"]["spec"]["containers"]
         self.port = free_port()
-        self.argv = [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(self.port),
-                     *deployment["codeServerArgs"]]
-        self.env = {**env, "DAGSTER_CURRENT_IMAGE": image_of(deployment)}
+        command, host_port = container["args"][:3], container["args"][3:7]
+        assert command == ["dagster", "code-server", "start"] and host_port[0] == "-h" and host_port[2] == "-p"
+        self.argv = [str(BIN / "dagster"), *command[1:], "-h", "127.0.0.1", "-p", str(self.port),
+                     *container["args"][7:]]
+        self.env = {**env, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
         self.process: subprocess.Popen | None = None
 
     def __enter__(self):
@@ -179,35 +181,38 @@ def wait_for_location(instance, workspace_file: Path, timeout: float = 120):
         time.sleep(1)
 
 
+def instance_home(config: dict, home: Path, storage: Path, kubeconfig: Path) -> Path:
+    """A DAGSTER_HOME with this instance config: only storage (SQLite) and the kubeconfig differ."""
+    config = {k: v for k, v in config.items() if k not in ("storage", "run_storage", "event_log_storage",
+                                                          "schedule_storage")}
+    config["storage"] = {"sqlite": {"base_dir": str(storage)}}
+    launcher = config["run_launcher"]["config"]
+    launcher["load_incluster_config"] = False
+    launcher["kubeconfig_file"] = str(kubeconfig)
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
 @pytest.fixture
 def production_home(tmp_path, monkeypatch):
-    """A DAGSTER_HOME with the production dagster.yaml: only storage (SQLite) and the kubeconfig differ."""
+    """A DAGSTER_HOME with production's instance, the one the chart renders from the Helm values."""
     for key, value in PRODUCTION_ENV.items():
         monkeypatch.setenv(key, value)
     with KubeApiRecorder() as api:
-        config = production_config()
-        config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
-        launcher = config["run_launcher"]["config"]
-        launcher["load_incluster_config"] = False
-        launcher["kubeconfig_file"] = str(api.kubeconfig(tmp_path / "kubeconfig"))
-        home = tmp_path / "home"
-        home.mkdir()
-        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        home = instance_home(helm_chart.chart_instance(helm_values()), tmp_path / "home", tmp_path / "storage",
+                             api.kubeconfig(tmp_path / "kubeconfig"))
         yield home, api
 
 
-def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(production_home, tmp_path):
-    home, api = production_home
-    deployment = user_deployment()
-    expected = production_config()["run_launcher"]["config"]
+def launch_partition_run(values: dict, home: Path, tmp_path: Path, partition: str) -> DagsterRun:
+    """A partition run launched as in production: queued by an operator's backfill (the public CLI) against
+    the code server the chart starts, then handed to the launcher as the daemon's run queue does."""
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-
-    with DagsterInstance.from_config(str(home)) as instance, CodeServer(deployment, env) as server:
+    with DagsterInstance.from_config(str(home)) as instance, CodeServer(values, env) as server:
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         workspace_file = server.workspace_file(tmp_path / "workspace.yaml")
         with wait_for_location(instance, workspace_file) as context:
-            # An operator's backfill of one partition, through the public CLI: it lands in the run queue.
-            partition = f"00|{LAST_WEEK}"
             backfill = subprocess.run(
                 [str(BIN / "dagster"), "job", "backfill", "-w", str(workspace_file), "-l", LOCATION,
                  "-j", "weekly_reports_job", "--partitions", partition, "--noprompt"],
@@ -216,12 +221,25 @@ def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(producti
             assert backfill.returncode == 0, backfill.stderr[-3000:]
             [run] = instance.get_runs(RunsFilter(job_name="weekly_reports_job"))
             assert run.status == DagsterRunStatus.QUEUED and run.tags["dagster/partition"] == partition
-            # What the daemon's run queue does with a dequeued run.
             instance.launch_run(run.run_id, context.create_request_context())
+        return instance.get_run_by_id(run.run_id)
 
-        run = instance.get_run_by_id(run.run_id)
-        assert run.status == DagsterRunStatus.STARTING
-        assert run.tags["dagster/image"] == image_of(deployment)
+
+def validate_manifest(manifest: dict):
+    """Schema validation as `kubernetes-validate --strict` does it: unknown fields are errors too."""
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(production_home, tmp_path):
+    home, api = production_home
+    values = helm_values()
+    deployment = user_deployment()
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    partition = f"00|{LAST_WEEK}"
+
+    run = launch_partition_run(values, home, tmp_path, partition)
+    assert run.status == DagsterRunStatus.STARTING
+    assert run.tags["dagster/image"] == image_of(deployment)
 
     [(namespace, job)] = api.jobs
     pod = job["spec"]["template"]
@@ -231,32 +249,67 @@ def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(producti
     print(f"\nJob for partition {run.tags['dagster/partition']} in namespace {namespace}:\n"
           + yaml.safe_dump(shown, sort_keys=False))
 
-    assert namespace == PRODUCTION_ENV["DAGSTER_K8S_NAMESPACE"]
+    assert namespace == helm_chart.NAMESPACE
     assert job["kind"] == "Job" and job["apiVersion"] == "batch/v1"
     assert job["metadata"]["name"] == f"dagster-run-{run.run_id}"
     assert job["spec"]["backoffLimit"] == 0  # a failed pod is not re-run by Kubernetes: run retries decide
     assert pod["spec"]["restartPolicy"] == "Never"
-    assert pod["spec"]["serviceAccountName"] == PRODUCTION_ENV["DAGSTER_K8S_SERVICE_ACCOUNT"]
+    validate_manifest(job)
 
-    # The image is the code server's (DAGSTER_CURRENT_IMAGE): dagster.yaml needs no job_image.
+    # Runs hold the secrets: their own service account (no Role), not the chart's `dagster` one, no API token.
+    assert pod["spec"]["serviceAccountName"] == "reporting-runs" != helm_chart.service_account_name(values)
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+    # The image is the code server's (DAGSTER_CURRENT_IMAGE), pinned by digest: dagster.yaml needs no job_image.
     assert container["image"] == image_of(deployment)
+    assert re.fullmatch(r"[^@]+:[\w.-]+@sha256:[0-9a-f]{64}", container["image"])
     assert container["args"][:3] == ["dagster", "api", "execute_run"]
-    assert container["resources"] == expected["run_k8s_config"]["container_config"]["resources"]
+    # Sized as the launcher says (benchmarks/results.json), not as the code server is.
+    assert container["resources"] == launcher["runK8sConfig"]["containerConfig"]["resources"] == {
+        "requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1536Mi"}}
 
-    assert container["envFrom"] == [{"configMapRef": {"name": name}} for name in expected["env_config_maps"]] + [
-        {"secretRef": {"name": name}} for name in expected["env_secrets"]]
+    # Pod Security Standard `restricted`, with /tmp the only writable path.
+    assert helm_chart.restricted_violations(pod) == []
+    assert container["securityContext"].items() >= RESTRICTED.items()
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+
+    assert container["envFrom"] == [{"configMapRef": {"name": c["name"]}} for c in launcher["envConfigMaps"]] + [
+        {"secretRef": {"name": s["name"]}} for s in launcher["envSecrets"]]
     env_vars = {e["name"]: e for e in container["env"]}
-    assert env_vars["DAGSTER_HOME"]["value"] == PRODUCTION_ENV["DAGSTER_HOME"]
+    assert env_vars["DAGSTER_HOME"]["value"] == values["global"]["dagsterHome"]
     assert env_vars["DAGSTER_RUN_JOB_NAME"]["value"] == "weekly_reports_job"
+    assert env_vars["DAGSTER_DISABLE_TELEMETRY"]["value"] == "true"
     assert env_vars["DAGSTER_PG_PASSWORD"]["valueFrom"] == {"secretKeyRef": {
-        "name": PRODUCTION_ENV["DAGSTER_K8S_PG_PASSWORD_SECRET"], "key": "postgresql-password"}}
+        "name": values["global"]["postgresqlSecretName"], "key": "postgresql-password"}}
 
     for labels in (job["metadata"]["labels"], pod["metadata"]["labels"]):
         assert labels["dagster/job"] == "weekly_reports_job"
         assert labels["dagster/run-id"] == run.run_id
         assert labels["dagster/code-location"] == LOCATION
         assert labels["app.kubernetes.io/component"] == "run_worker"
-        assert labels.items() >= (expected.get("labels") or {}).items()
+        # Cost allocation.
+        assert labels.items() >= {"app.kubernetes.io/part-of": "reporting-pipeline",
+                                  "cost-center": "clinical-reporting"}.items() == launcher["labels"].items()
+
+
+def test_runs_getting_the_code_servers_config_would_be_sized_and_privileged_as_the_code_server(
+        production_home, tmp_path):
+    """Why includeConfigInLaunchedRuns is off: on, the chart hands the code server's container context to
+    every run, and Dagster lays it over the launcher's run config. This reproduces what production saw."""
+    home, api = production_home
+    values = helm_values()
+    values["dagster-user-deployments"]["deployments"][0]["includeConfigInLaunchedRuns"] = {"enabled": True}
+
+    launch_partition_run(values, home, tmp_path, f"01|{LAST_WEEK}")
+
+    [(_, job)] = api.jobs
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"},
+                                      "limits": {"cpu": "2", "memory": "1Gi"}}
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "reporting-code-server"
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
 
 
 def postgres_driver_error(scheme: str) -> str | None:
@@ -280,50 +333,129 @@ def test_helm_postgres_scheme_names_an_installed_driver():
     assert postgres_driver_error(scheme) is None, postgres_driver_error(scheme)
 
 
-def test_helm_values_mirror_dagster_yaml():
+def resolved(section: dict) -> dict:
+    """A pluggable section (module, class, config) as Dagster reads it: its class's schema, defaults filled in,
+    environment variables resolved."""
+    data = ConfigurableClassData(section["module"], section["class"], yaml.safe_dump(section.get("config") or {}))
+    klass = class_from_code_pointer(data.module_name, data.class_name)  # dagster.core.* is dagster._core.*
+    result = process_config(resolve_to_config_type(klass.config_type()), data.config_dict)
+    assert result.success, result.errors
+    return result.value
+
+
+def job_built_by(launcher_section: dict, kubeconfig: Path) -> tuple[str, dict]:
+    """The namespace and the Job a K8sRunLauncher with this config builds for a run: Dagster's own code."""
+    config = {**resolved(launcher_section), "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
+    launcher = K8sRunLauncher.from_config_value(None, config)
+    run = DagsterRun(job_name="weekly_reports_job", run_id="0" * 36)
+    context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=True)
+    job = construct_dagster_k8s_job(
+        job_config=context.get_k8s_job_config(job_image="image", run_launcher=launcher), args=["execute_run"],
+        job_name="dagster-run", user_defined_k8s_config=context.run_k8s_config, component="run_worker")
+    return context.namespace, job.to_dict()
+
+
+def test_helm_values_mirror_dagster_yaml(tmp_path, monkeypatch):
+    """dagster.yaml is the instance the chart renders from the values, section by section, as Dagster reads both;
+    its environment variables stand for what the chart takes from its release."""
     values, config = helm_values(), production_config()
+    chart = helm_chart.chart_instance(values)
+    for key, value in PRODUCTION_ENV.items():
+        monkeypatch.setenv(key, value)
 
-    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    coordinator = config["run_coordinator"]["config"]
-    assert values["dagsterDaemon"]["enabled"] and values["dagsterDaemon"]["runCoordinator"]["enabled"]
-    assert values["dagsterDaemon"]["runCoordinator"]["type"] == config["run_coordinator"]["class"]
-    assert queued["maxConcurrentRuns"] == coordinator["max_concurrent_runs"]
-    assert queued["tagConcurrencyLimits"] == coordinator["tag_concurrency_limits"]
+    # Nothing on one side only: dagster.yaml's `storage` is the chart's three storages.
+    storages = ("run_storage", "event_log_storage", "schedule_storage")
+    assert set(chart) - set(storages) == set(config) - {"storage"}
 
-    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
-    launcher = config["run_launcher"]["config"]
-    assert values["runLauncher"]["type"] == config["run_launcher"]["class"]
-    assert k8s["loadInclusterConfig"] == launcher["load_incluster_config"]
-    assert [c["name"] for c in k8s["envConfigMaps"]] == launcher["env_config_maps"]
-    assert [s["name"] for s in k8s["envSecrets"]] == launcher["env_secrets"]
-    assert snake_keys(k8s["runK8sConfig"]) == launcher["run_k8s_config"]
-    assert k8s.get("labels", {}) == launcher.get("labels", {})
+    postgres = resolved({"module": "dagster_postgres", "class": "DagsterPostgresStorage",
+                         "config": config["storage"]["postgres"]})["postgres_db"]
+    for name in storages:
+        assert resolved(chart[name])["postgres_db"] == postgres
+    assert postgres["params"] == {"sslmode": "require"} and postgres["hostname"] == values["postgresql"]["postgresqlHost"]
+
+    for name in ("scheduler", "run_coordinator", "compute_logs"):
+        assert (chart[name]["module"], chart[name]["class"]) == (config[name]["module"], config[name]["class"])
+        assert resolved(chart[name]) == resolved(config[name]), name
+    assert resolved(config["compute_logs"])["bucket"] == PRODUCTION_ENV["DAGSTER_COMPUTE_LOGS_BUCKET"]
+
+    # The run launcher, by what it sends to Kubernetes.
+    assert (chart["run_launcher"]["module"], chart["run_launcher"]["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    kubeconfig = KubeApiRecorder.kubeconfig_for("http://127.0.0.1:1", tmp_path / "kubeconfig")
+    assert job_built_by(chart["run_launcher"], kubeconfig) == job_built_by(config["run_launcher"], kubeconfig)
+
+    # Sections of fixed shape, as Dagster validates them.
+    (tmp_path / "chart").mkdir()
+    (tmp_path / "chart" / "dagster.yaml").write_text(yaml.safe_dump(chart))
+    from_chart, _ = dagster_instance_config(str(tmp_path / "chart"), "dagster.yaml")
+    from_file, _ = dagster_instance_config(str(ROOT), "dagster.yaml")
+    for name in ("retention", "sensors", "schedules", "run_retries", "run_monitoring", "telemetry"):
+        assert from_chart[name] == from_file[name], name
 
     # The chart renders neither retry_on_asset_or_op_failure nor max_runtime_seconds: both sections come
     # verbatim from additionalInstanceConfig, and the chart's own (partial) blocks are off.
-    extra = values["additionalInstanceConfig"]
     assert not values["dagsterDaemon"]["runRetries"]["enabled"] and not values["dagsterDaemon"]["runMonitoring"]["enabled"]
-    assert extra == {"run_retries": config["run_retries"], "run_monitoring": config["run_monitoring"]}
-    assert values["telemetry"] == config["telemetry"]
+    assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
 
-    assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]
-    assert values["generatePostgresqlPasswordSecret"] is False and values["global"]["postgresqlSecretName"]
-
+    # The code server evaluates sensors and schedules with the runs' settings.
     deployment = user_deployment()
-    assert values["dagster-user-deployments"]["enabled"]
     assert deployment["codeServerArgs"] == ["-m", "reporting_pipeline.defs.definitions"]
-    assert [c["name"] for c in deployment["envConfigMaps"]] == launcher["env_config_maps"]
-    assert [s["name"] for s in deployment["envSecrets"]] == launcher["env_secrets"]
-    assert deployment["image"]["tag"] not in ("", "latest")  # runs must get the code server's exact image
-    assert deployment["podSecurityContext"]["runAsNonRoot"] is True
+    assert deployment["envConfigMaps"] == values["runLauncher"]["config"]["k8sRunLauncher"]["envConfigMaps"]
+    assert deployment["envSecrets"] == values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"]
 
 
-def test_helm_additional_instance_config_passes_dagsters_validation(tmp_path):
-    config = {**production_config(), **helm_values()["additionalInstanceConfig"]}
-    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+def test_helm_rendered_instance_passes_dagsters_validation(tmp_path):
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(helm_chart.chart_instance(helm_values())))
     validated, _ = dagster_instance_config(str(tmp_path), "dagster.yaml")
     assert validated["run_monitoring"]["max_runtime_seconds"] == 14400
     assert validated["run_retries"]["retry_on_asset_or_op_failure"] is False
+    assert validated["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert validated["retention"]["sensor"]["purge_after_days"]["skipped"] == 1
+
+
+def test_code_server_deployment_meets_the_restricted_pod_security_standard():
+    values = helm_values()
+    deployment = helm_chart.code_server_deployment(values)
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    print("\nCode server Deployment (as the chart renders it):\n" + yaml.safe_dump(deployment, sort_keys=False))
+
+    validate_manifest(deployment)
+    assert helm_chart.restricted_violations(pod) == []
+    assert container["securityContext"].items() >= RESTRICTED.items()
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}} in pod["spec"]["volumes"]
+    # Its service account has no Role (the daemon, not the code server, starts runs) and is not the runs'.
+    assert pod["spec"]["serviceAccountName"] == "reporting-code-server"
+    assert values["dagster-user-deployments"]["rbacEnabled"] is False
+    # Nothing of it is handed to runs: no container context.
+    assert "DAGSTER_CONTAINER_CONTEXT" not in {e["name"] for e in container["env"]}
+    assert pod["metadata"]["labels"].items() >= {"cost-center": "clinical-reporting"}.items()
+
+
+def test_run_service_account_has_no_token_and_is_the_one_runs_use():
+    [account] = yaml.safe_load_all((DEPLOY / "run-service-account.yaml").read_text())
+    validate_manifest(account)
+    assert account["kind"] == "ServiceAccount" and account["automountServiceAccountToken"] is False
+    pod_spec = helm_values()["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert account["metadata"]["name"] == pod_spec["serviceAccountName"]
+
+
+def test_pod_security_checker_flags_what_the_restricted_profile_forbids():
+    """The checker itself, on the code server's pod as it was before it was hardened, and on a few rules."""
+    pod = helm_chart.code_server_deployment(helm_values())["spec"]["template"]
+    pod["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
+    pod["spec"]["containers"][0]["securityContext"] = {"allowPrivilegeEscalation": False}
+    assert {v.split(":")[0] for v in helm_chart.restricted_violations(pod)} == {"Seccomp", "Capabilities"}
+
+    pod["spec"]["hostNetwork"] = True
+    pod["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/var/run"}})
+    pod["spec"]["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": True, "runAsUser": 0, "capabilities": {"add": ["SYS_ADMIN"], "drop": ["ALL"]},
+        "seccompProfile": {"type": "Unconfined"}}
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": 3030, "hostPort": 3030}]
+    assert {v.split(":")[0] for v in helm_chart.restricted_violations(pod)} == {
+        "Host namespaces", "HostPath volumes", "Volume types", "Privilege escalation", "Running as non-root user",
+        "Capabilities (baseline)", "Capabilities", "Seccomp", "Host ports"}
 
 
 def test_dockerfile_builds_a_non_root_image_with_the_pinned_dagster_family():

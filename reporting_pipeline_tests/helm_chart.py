@@ -469,3 +469,18 @@ def restricted_violations(pod: dict) -> list[str]:
         if added - {"NET_BIND_SERVICE"}:
             found.append(f"Capabilities: {where} adds {sorted(added - {'NET_BIND_SERVICE'})}")
     return found
+
+
+def user_deployment_config_maps(values: dict) -> dict[str, dict]:
+    """charts/dagster-user-deployments/templates/configmap-env-shared.yaml ("dagsterUserDeployments.sharedEnv") and
+    configmap-env-user.yaml (a deployment's `env` when it is a map): the ConfigMaps its code server loads."""
+    sub = user_deployments_values(values)
+    name = fullname("dagster-user-deployments", sub)
+    maps = {f"{name}-user-deployments-shared-env": {
+        "DAGSTER_HOME": sub["global"].get("dagsterHome") or sub["dagsterHome"],
+        "DAGSTER_K8S_PIPELINE_RUN_NAMESPACE": NAMESPACE,
+        "DAGSTER_K8S_PIPELINE_RUN_ENV_CONFIGMAP": f"{name}-pipeline-env"}}
+    for deployment in sub["deployments"]:
+        env = deployment.get("env")
+        maps[f"{name}-{deployment['name']}-user-env"] = {k: str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+    return maps

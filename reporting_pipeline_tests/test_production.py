@@ -11,18 +11,20 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
-import kubernetes_validate
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
@@ -34,10 +36,13 @@ from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job
 
+from reporting_pipeline import mongo
 from reporting_pipeline.embedded import free_port
+from reporting_pipeline.objectstore import ensure_bucket
+from reporting_pipeline.seed import seed
 
 from . import helm_chart
-from .conftest import LAST_WEEK
+from .conftest import LAST_WEEK, NOW
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -132,18 +137,84 @@ class KubeApiRecorder:
         return path
 
 
+class Kubelet:
+    """Starts a pod's container on this machine as a kubelet would, as far as this machine can: with the pod's
+    environment only (ConfigMaps and Secrets resolved, the image's ENV), a read-only root filesystem (a private
+    mount namespace with / remounted read-only) and its emptyDir volumes (tmpfs). Not runAsUser: this machine's
+    Python lives under /root. `writable` host paths stand in for what a pod reaches over the network (the run
+    storage, PostgreSQL in production)."""
+
+    IMAGE_DIRS = ["/opt/dagster/dagster_home", "/opt/dagster/app"]  # the Dockerfile's, empty here
+
+    def __init__(self, config_maps: dict, secrets: dict, writable: list[Path]):
+        self.config_maps, self.secrets, self.writable = config_maps, secrets, writable
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why pods cannot be started here, or None."""
+        if not sys.platform.startswith("linux") or os.geteuid() != 0:
+            return "needs root on Linux (mount namespaces)"
+        probe = subprocess.run(["unshare", "--mount", "sh", "-c", "mount --bind / / && mount -o remount,bind,ro /"],
+                               capture_output=True)
+        return None if probe.returncode == 0 else f"cannot remount / read-only: {probe.stderr.decode()[-300:]}"
+
+    def environment(self, container: dict) -> dict:
+        image = dict(item.split("=", 1) for name, args in dockerfile() if name == "ENV" for item in shlex.split(args))
+        # Where the image has the package and `dagster`: this checkout and its virtualenv.
+        env = {**image, "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+        for source in container.get("envFrom") or []:  # env overrides envFrom, as in Kubernetes
+            kind, ref = next(iter(source.items()))
+            data = (self.config_maps if kind == "configMapRef" else self.secrets).get(ref["name"])
+            assert data is not None or ref.get("optional"), f"{ref['name']} is missing: the pod would not start"
+            env.update(data or {})
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            else:
+                ref = var["valueFrom"]["secretKeyRef"]
+                env[var["name"]] = self.secrets[ref["name"]][ref["key"]]
+        return env
+
+    def wrap(self, pod_spec: dict, container: dict, argv: list[str]) -> list[str]:
+        """`argv` in a mount namespace of its own laid out as the pod's filesystem."""
+        q = shlex.quote
+        steps = ["mount --bind / /", *(f"mount --bind {q(str(p))} {q(str(p))}" for p in self.writable),
+                 "mount -t tmpfs -o mode=0755 tmpfs /opt", *(f"mkdir -p {d}" for d in self.IMAGE_DIRS),
+                 "mount -o remount,ro /opt"]
+        if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+            steps.append("mount -o remount,bind,ro /")
+        volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes[mount["name"]]
+            assert set(volume) == {"name", "emptyDir"}, f"only emptyDir volumes here: {volume}"
+            size = volume["emptyDir"].get("sizeLimit", "")
+            options = f"-o size={size.lower().removesuffix('i')} " if size else ""  # 1Gi -> 1g
+            steps.append(f"mount -t tmpfs {options}tmpfs {q(mount['mountPath'])}")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps) + ' && exec "$@"',
+                "pod", *argv]
+
+    def run(self, pod: dict, timeout: float) -> subprocess.CompletedProcess:
+        [container] = pod["spec"]["containers"]
+        return subprocess.run(self.wrap(pod["spec"], container, container["args"]), cwd=ROOT,
+                              env=self.environment(container), capture_output=True, text=True, timeout=timeout)
+
+
 class CodeServer:
     """The user deployment's code server as the chart starts it: the args and the literal environment of the
     Deployment it renders (DAGSTER_CURRENT_IMAGE; DAGSTER_CONTAINER_CONTEXT if runs are to get its config)."""
 
-    def __init__(self, values: dict, env: dict):
-        [container] = helm_chart.code_server_deployment(values)["spec"]["template"]["spec"]["containers"]
+    def __init__(self, values: dict, env: dict, kubelet: Kubelet | None = None):
+        pod = helm_chart.code_server_deployment(values)["spec"]["template"]
+        [container] = pod["spec"]["containers"]
         self.port = free_port()
         command, host_port = container["args"][:3], container["args"][3:7]
         assert command == ["dagster", "code-server", "start"] and host_port[0] == "-h" and host_port[2] == "-p"
         self.argv = [str(BIN / "dagster"), *command[1:], "-h", "127.0.0.1", "-p", str(self.port),
                      *container["args"][7:]]
         self.env = {**env, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+        if kubelet:  # the whole pod spec applies: its environment only, a read-only root
+            self.env = kubelet.environment(container)
+            self.argv = kubelet.wrap(pod["spec"], container, self.argv)
         self.process: subprocess.Popen | None = None
 
     def __enter__(self):
@@ -205,11 +276,12 @@ def production_home(tmp_path, monkeypatch):
         yield home, api
 
 
-def launch_partition_run(values: dict, home: Path, tmp_path: Path, partition: str) -> DagsterRun:
+def launch_partition_run(values: dict, home: Path, tmp_path: Path, partition: str,
+                         kubelet: Kubelet | None = None) -> DagsterRun:
     """A partition run launched as in production: queued by an operator's backfill (the public CLI) against
     the code server the chart starts, then handed to the launcher as the daemon's run queue does."""
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    with DagsterInstance.from_config(str(home)) as instance, CodeServer(values, env) as server:
+    with DagsterInstance.from_config(str(home)) as instance, CodeServer(values, env, kubelet) as server:
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         workspace_file = server.workspace_file(tmp_path / "workspace.yaml")
         with wait_for_location(instance, workspace_file) as context:
@@ -310,6 +382,51 @@ def test_runs_getting_the_code_servers_config_would_be_sized_and_privileged_as_t
                                       "limits": {"cpu": "2", "memory": "1Gi"}}
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "reporting-code-server"
     assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+@pytest.mark.skipif(bool(Kubelet.unavailable()), reason=str(Kubelet.unavailable()))
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+def test_code_server_and_run_pod_work_on_a_read_only_root_filesystem(pipeline, tmp_path, monkeypatch):
+    """The code server's pod and the run's Job, started as their specs say: only /tmp is writable. The run
+    renders and stores the shard's reports and its step logs reach S3."""
+    from reporting_pipeline.wire_mongo import MongoWireServer
+
+    values = helm_values()
+    logs_bucket = f"{pipeline.bucket}-logs"
+    secret_names = {"MONGODB_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SMTP_USERNAME", "SMTP_PASSWORD"}
+    # The run storage stands in for PostgreSQL: outside /tmp, which the pods mount over.
+    storage = Path(tempfile.mkdtemp(prefix="reporting-run-storage-", dir="/var/tmp"))
+    try:
+        with MongoWireServer() as wire, KubeApiRecorder() as api:
+            db = mongo.connect(wire.uri)["reporting"]
+            seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
+            ensure_bucket(pipeline.s3, logs_bucket)
+            config_map = {**{k: v for k, v in pipeline.env.items() if k not in secret_names}, "REPORT_SHARDS": "1",
+                          "DAGSTER_COMPUTE_LOGS_BUCKET": logs_bucket, "DAGSTER_COMPUTE_LOGS_PREFIX": "compute-logs"}
+            secret = {**{k: v for k, v in pipeline.env.items() if k in secret_names}, "MONGODB_URI": wire.uri}
+            for key, value in {**config_map, **secret}.items():  # this process plays the daemon: same ConfigMap
+                monkeypatch.setenv(key, value)
+            kubelet = Kubelet(
+                config_maps={"reporting-pipeline-env": config_map, **helm_chart.user_deployment_config_maps(values)},
+                secrets={"reporting-pipeline-secrets": secret,
+                         values["global"]["postgresqlSecretName"]: {"postgresql-password": "unused"}},
+                writable=[storage])
+            home = instance_home(helm_chart.chart_instance(values), tmp_path / "home", storage,
+                                 api.kubeconfig(tmp_path / "kubeconfig"))
+
+            run = launch_partition_run(values, home, tmp_path, f"00|{LAST_WEEK}", kubelet)
+            [(_, job)] = api.jobs
+            pod = kubelet.run(job["spec"]["template"], timeout=600)
+            assert pod.returncode == 0, pod.stderr[-3000:]
+
+            with DagsterInstance.from_config(str(home)) as instance:
+                assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS
+            assert db[mongo.REPORTS].count_documents({}) == len(seeded.subscription_ids)
+        logs = [o["Key"] for o in pipeline.s3.list_objects_v2(Bucket=logs_bucket).get("Contents", [])]
+        assert logs and all(key.startswith("compute-logs/") for key in logs)
+        assert "Read-only file system" not in pod.stderr
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 def postgres_driver_error(scheme: str) -> str | None:
@@ -422,8 +539,11 @@ def test_code_server_deployment_meets_the_restricted_pod_security_standard():
     validate_manifest(deployment)
     assert helm_chart.restricted_violations(pod) == []
     assert container["securityContext"].items() >= RESTRICTED.items()
-    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    assert {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}} in pod["spec"]["volumes"]
+    # Writable: /tmp, and DAGSTER_HOME, where the code server makes an instance of its own on start
+    # (test_code_server_and_run_pod_work_on_a_read_only_root_filesystem fails without it).
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "dagster-home", "mountPath": values["global"]["dagsterHome"]}]
+    assert all(set(v) == {"name", "emptyDir"} for v in pod["spec"]["volumes"])
     # Its service account has no Role (the daemon, not the code server, starts runs) and is not the runs'.
     assert pod["spec"]["serviceAccountName"] == "reporting-code-server"
     assert values["dagster-user-deployments"]["rbacEnabled"] is False

@@ -144,7 +144,7 @@ class Kubelet:
     Python lives under /root. `writable` host paths stand in for what a pod reaches over the network (the run
     storage, PostgreSQL in production)."""
 
-    IMAGE_DIRS = ["/opt/dagster/dagster_home", "/opt/dagster/app"]  # the Dockerfile's, empty here
+    IMAGE_DIRS = ("/opt/dagster/dagster_home", "/opt/dagster/app")  # the Dockerfile's, empty here
 
     def __init__(self, config_maps: dict, secrets: dict, writable: list[Path]):
         self.config_maps, self.secrets, self.writable = config_maps, secrets, writable
@@ -155,7 +155,7 @@ class Kubelet:
         if not sys.platform.startswith("linux") or os.geteuid() != 0:
             return "needs root on Linux (mount namespaces)"
         probe = subprocess.run(["unshare", "--mount", "sh", "-c", "mount --bind / / && mount -o remount,bind,ro /"],
-                               capture_output=True)
+                               capture_output=True, check=False)
         return None if probe.returncode == 0 else f"cannot remount / read-only: {probe.stderr.decode()[-300:]}"
 
     def environment(self, container: dict) -> dict:
@@ -196,7 +196,8 @@ class Kubelet:
     def run(self, pod: dict, timeout: float) -> subprocess.CompletedProcess:
         [container] = pod["spec"]["containers"]
         return subprocess.run(self.wrap(pod["spec"], container, container["args"]), cwd=ROOT,
-                              env=self.environment(container), capture_output=True, text=True, timeout=timeout)
+                              env=self.environment(container), capture_output=True, text=True, timeout=timeout,
+                              check=False)
 
 
 class CodeServer:
@@ -288,7 +289,7 @@ def launch_partition_run(values: dict, home: Path, tmp_path: Path, partition: st
             backfill = subprocess.run(
                 [str(BIN / "dagster"), "job", "backfill", "-w", str(workspace_file), "-l", LOCATION,
                  "-j", "weekly_reports_job", "--partitions", partition, "--noprompt"],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
             )
             assert backfill.returncode == 0, backfill.stderr[-3000:]
             [run] = instance.get_runs(RunsFilter(job_name="weekly_reports_job"))

@@ -553,6 +553,15 @@ def test_code_server_deployment_meets_the_restricted_pod_security_standard():
     assert pod["metadata"]["labels"].items() >= {"cost-center": "clinical-reporting"}.items()
 
 
+def test_every_dagster_pod_requests_cpu_and_memory_and_has_a_memory_limit():
+    values = helm_values()
+    runs = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]["resources"]
+    for name, resources in {"webserver": values["dagsterWebserver"]["resources"],
+                            "daemon": values["dagsterDaemon"]["resources"],
+                            "code server": user_deployment()["resources"], "runs": runs}.items():
+        assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"], name
+
+
 def test_run_service_account_has_no_token_and_is_the_one_runs_use():
     [account] = yaml.safe_load_all((DEPLOY / "run-service-account.yaml").read_text())
     validate_manifest(account)

@@ -59,6 +59,7 @@ setup(
             "selenium>=4.20",
             "fonttools>=4.50",  # render tests read the embedded font programs
             "schemathesis>=4.32,<5",  # the API tests fuzz it from its OpenAPI document
+            "kubernetes-validate>=1.31",  # the production tests check manifests against Kubernetes' schemas
         ],
     },
     entry_points={

@@ -87,6 +87,10 @@ def instance_yaml() -> dict:
     # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed; dagster-postgres
     # brings psycopg2 (test_production.py::test_production_storage_names_an_installed_postgres_driver).
     config["storage"]["postgres"]["postgres_db"].setdefault("scheme", "postgresql+psycopg2")
+    # The machine's PostgreSQL may have no TLS: production's sslmode=require would refuse it.
+    config["storage"]["postgres"]["postgres_db"]["params"] = {"sslmode": "prefer"}
+    # Processes, not pods: step logs stay in DAGSTER_HOME rather than going to production's S3 bucket.
+    config.pop("compute_logs")
     queue = config["run_coordinator"]["config"]
     queue["max_concurrent_runs"] = MAX_CONCURRENT_RUNS
     for limit in queue["tag_concurrency_limits"]:

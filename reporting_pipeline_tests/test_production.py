@@ -1,7 +1,8 @@
-"""The production deployment: the Job that dagster.yaml's K8sRunLauncher creates, the Dockerfile, the Helm values.
+"""The production deployment: the Job that the K8sRunLauncher creates, the Dockerfile, the Helm values.
 
 No cluster: the launcher's own Kubernetes client sends the Job to a loopback HTTP server standing in for the
-API server, which records the request body, i.e. the manifest exactly as a cluster would receive it.
+API server, which records the request body, i.e. the manifest exactly as a cluster would receive it. No helm:
+helm_chart.py renders what the chart would from deploy/helm-values.yaml (the instance, the code server).
 """
 
 from __future__ import annotations
@@ -10,45 +11,54 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
 from dagster_k8s import K8sRunLauncher
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import construct_dagster_k8s_job
 
 from reporting_pipeline.local.embedded import free_port
+from reporting_pipeline.local.seed import seed
+from reporting_pipeline.services import mongo
+from reporting_pipeline.services.objectstore import ensure_bucket
 
-from .conftest import LAST_WEEK
+from . import helm_chart
+from .conftest import LAST_WEEK, NOW
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 LOCATION = "reporting-pipeline"  # the chart names a location after its user deployment
 
-# What the webserver and daemon pods would have in their environment.
+# What the webserver and daemon pods have in their environment: the chart's (and, for dagster.yaml,
+# what its variables stand for in the chart's release), the Secret's password, ConfigMap reporting-pipeline-env.
 PRODUCTION_ENV = {
-    "DAGSTER_PG_HOST": "postgres.example.internal",
-    "DAGSTER_PG_PORT": "5432",
-    "DAGSTER_PG_DB": "dagster",
-    "DAGSTER_PG_USERNAME": "dagster",
+    **helm_chart.chart_environment(yaml.safe_load((DEPLOY / "helm-values.yaml").read_text())),
     "DAGSTER_PG_PASSWORD": "not-used-here",
-    "DAGSTER_K8S_SERVICE_ACCOUNT": "reporting-runs",
-    "DAGSTER_K8S_NAMESPACE": "reporting",
-    "DAGSTER_K8S_INSTANCE_CONFIG_MAP": "dagster-instance",
-    "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql-secret",
-    "DAGSTER_HOME": "/opt/dagster/dagster_home",
+    "DAGSTER_COMPUTE_LOGS_BUCKET": "reporting-dagster-logs",
+    "DAGSTER_COMPUTE_LOGS_PREFIX": "compute-logs",
 }
+K8S_VERSION = "1.31"  # the manifests' schema: a Kubernetes version the project supports
+RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
 def production_config() -> dict:
@@ -65,7 +75,7 @@ def user_deployment() -> dict:
 
 
 def image_of(deployment: dict) -> str:
-    return f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    return helm_chart.image_name(deployment["image"])
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -73,17 +83,6 @@ def dockerfile() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
-
-
-def snake(key: str) -> str:
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
-
-
-def snake_keys(value):
-    """The chart's camelCase k8s config as dagster-k8s's snake_case config (Kubernetes resources keep theirs)."""
-    if isinstance(value, dict):
-        return {snake(k): v if k == "resources" else snake_keys(v) for k, v in value.items()}
-    return value
 
 
 class KubeApiRecorder:
@@ -125,23 +124,98 @@ class KubeApiRecorder:
         self.server.server_close()
 
     def kubeconfig(self, path: Path) -> Path:
+        return self.kubeconfig_for(self.url, path)
+
+    @staticmethod
+    def kubeconfig_for(url: str, path: Path) -> Path:
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "test", "cluster": {"server": url}}],
             "users": [{"name": "test", "user": {"token": "test-token"}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
         }))
         return path
 
 
-class CodeServer:
-    """The user deployment's code server as the chart starts it: its args, DAGSTER_CURRENT_IMAGE set to the image."""
+class Kubelet:
+    """Starts a pod's container on this machine as a kubelet would, as far as this machine can: with the pod's
+    environment only (ConfigMaps and Secrets resolved, the image's ENV), a read-only root filesystem (a private
+    mount namespace with / remounted read-only) and its emptyDir volumes (tmpfs). Not runAsUser: this machine's
+    Python lives under /root. `writable` host paths stand in for what a pod reaches over the network (the run
+    storage, PostgreSQL in production)."""
 
-    def __init__(self, deployment: dict, env: dict):
+    IMAGE_DIRS = ("/opt/dagster/dagster_home", "/opt/dagster/app")  # the Dockerfile's, empty here
+
+    def __init__(self, config_maps: dict, secrets: dict, writable: list[Path]):
+        self.config_maps, self.secrets, self.writable = config_maps, secrets, writable
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why pods cannot be started here, or None."""
+        if not sys.platform.startswith("linux") or os.geteuid() != 0:
+            return "needs root on Linux (mount namespaces)"
+        probe = subprocess.run(["unshare", "--mount", "sh", "-c", "mount --bind / / && mount -o remount,bind,ro /"],
+                               capture_output=True, check=False)
+        return None if probe.returncode == 0 else f"cannot remount / read-only: {probe.stderr.decode()[-300:]}"
+
+    def environment(self, container: dict) -> dict:
+        image = dict(item.split("=", 1) for name, args in dockerfile() if name == "ENV" for item in shlex.split(args))
+        # Where the image has the package and `dagster`: this checkout and its virtualenv.
+        env = {**image, "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+        for source in container.get("envFrom") or []:  # env overrides envFrom, as in Kubernetes
+            kind, ref = next(iter(source.items()))
+            data = (self.config_maps if kind == "configMapRef" else self.secrets).get(ref["name"])
+            assert data is not None or ref.get("optional"), f"{ref['name']} is missing: the pod would not start"
+            env.update(data or {})
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            else:
+                ref = var["valueFrom"]["secretKeyRef"]
+                env[var["name"]] = self.secrets[ref["name"]][ref["key"]]
+        return env
+
+    def wrap(self, pod_spec: dict, container: dict, argv: list[str]) -> list[str]:
+        """`argv` in a mount namespace of its own laid out as the pod's filesystem."""
+        q = shlex.quote
+        steps = ["mount --bind / /", *(f"mount --bind {q(str(p))} {q(str(p))}" for p in self.writable),
+                 "mount -t tmpfs -o mode=0755 tmpfs /opt", *(f"mkdir -p {d}" for d in self.IMAGE_DIRS),
+                 "mount -o remount,ro /opt"]
+        if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+            steps.append("mount -o remount,bind,ro /")
+        volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes[mount["name"]]
+            assert set(volume) == {"name", "emptyDir"}, f"only emptyDir volumes here: {volume}"
+            size = volume["emptyDir"].get("sizeLimit", "")
+            options = f"-o size={size.lower().removesuffix('i')} " if size else ""  # 1Gi -> 1g
+            steps.append(f"mount -t tmpfs {options}tmpfs {q(mount['mountPath'])}")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps) + ' && exec "$@"',
+                "pod", *argv]
+
+    def run(self, pod: dict, timeout: float) -> subprocess.CompletedProcess:
+        [container] = pod["spec"]["containers"]
+        return subprocess.run(self.wrap(pod["spec"], container, container["args"]), cwd=ROOT,
+                              env=self.environment(container), capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+
+class CodeServer:
+    """The user deployment's code server as the chart starts it: the args and the literal environment of the
+    Deployment it renders (DAGSTER_CURRENT_IMAGE; DAGSTER_CONTAINER_CONTEXT if runs are to get its config)."""
+
+    def __init__(self, values: dict, env: dict, kubelet: Kubelet | None = None):
+        pod = helm_chart.code_server_deployment(values)["spec"]["template"]
+        [container] = pod["spec"]["containers"]
         self.port = free_port()
-        self.argv = [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(self.port),
-                     *deployment["codeServerArgs"]]
-        self.env = {**env, "DAGSTER_CURRENT_IMAGE": image_of(deployment)}
+        command, host_port = container["args"][:3], container["args"][3:7]
+        assert command == ["dagster", "code-server", "start"] and host_port[0] == "-h" and host_port[2] == "-p"
+        self.argv = [str(BIN / "dagster"), *command[1:], "-h", "127.0.0.1", "-p", str(self.port),
+                     *container["args"][7:]]
+        self.env = {**env, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+        if kubelet:  # the whole pod spec applies: its environment only, a read-only root
+            self.env = kubelet.environment(container)
+            self.argv = kubelet.wrap(pod["spec"], container, self.argv)
         self.process: subprocess.Popen | None = None
 
     def __enter__(self):
@@ -179,49 +253,66 @@ def wait_for_location(instance, workspace_file: Path, timeout: float = 120):
         time.sleep(1)
 
 
+def instance_home(config: dict, home: Path, storage: Path, kubeconfig: Path) -> Path:
+    """A DAGSTER_HOME with this instance config: only storage (SQLite) and the kubeconfig differ."""
+    config = {k: v for k, v in config.items() if k not in ("storage", "run_storage", "event_log_storage",
+                                                          "schedule_storage")}
+    config["storage"] = {"sqlite": {"base_dir": str(storage)}}
+    launcher = config["run_launcher"]["config"]
+    launcher["load_incluster_config"] = False
+    launcher["kubeconfig_file"] = str(kubeconfig)
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
 @pytest.fixture
 def production_home(tmp_path, monkeypatch):
-    """A DAGSTER_HOME with the production dagster.yaml: only storage (SQLite) and the kubeconfig differ."""
+    """A DAGSTER_HOME with production's instance, the one the chart renders from the Helm values."""
     for key, value in PRODUCTION_ENV.items():
         monkeypatch.setenv(key, value)
     with KubeApiRecorder() as api:
-        config = production_config()
-        config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
-        launcher = config["run_launcher"]["config"]
-        launcher["load_incluster_config"] = False
-        launcher["kubeconfig_file"] = str(api.kubeconfig(tmp_path / "kubeconfig"))
-        home = tmp_path / "home"
-        home.mkdir()
-        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        home = instance_home(helm_chart.chart_instance(helm_values()), tmp_path / "home", tmp_path / "storage",
+                             api.kubeconfig(tmp_path / "kubeconfig"))
         yield home, api
 
 
-def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(production_home, tmp_path):
-    home, api = production_home
-    deployment = user_deployment()
-    expected = production_config()["run_launcher"]["config"]
+def launch_partition_run(values: dict, home: Path, tmp_path: Path, partition: str,
+                         kubelet: Kubelet | None = None) -> DagsterRun:
+    """A partition run launched as in production: queued by an operator's backfill (the public CLI) against
+    the code server the chart starts, then handed to the launcher as the daemon's run queue does."""
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-
-    with DagsterInstance.from_config(str(home)) as instance, CodeServer(deployment, env) as server:
+    with DagsterInstance.from_config(str(home)) as instance, CodeServer(values, env, kubelet) as server:
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         workspace_file = server.workspace_file(tmp_path / "workspace.yaml")
         with wait_for_location(instance, workspace_file) as context:
-            # An operator's backfill of one partition, through the public CLI: it lands in the run queue.
-            partition = f"00|{LAST_WEEK}"
             backfill = subprocess.run(
                 [str(BIN / "dagster"), "job", "backfill", "-w", str(workspace_file), "-l", LOCATION,
                  "-j", "weekly_reports_job", "--partitions", partition, "--noprompt"],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
             )
             assert backfill.returncode == 0, backfill.stderr[-3000:]
             [run] = instance.get_runs(RunsFilter(job_name="weekly_reports_job"))
             assert run.status == DagsterRunStatus.QUEUED and run.tags["dagster/partition"] == partition
-            # What the daemon's run queue does with a dequeued run.
             instance.launch_run(run.run_id, context.create_request_context())
+        return instance.get_run_by_id(run.run_id)
 
-        run = instance.get_run_by_id(run.run_id)
-        assert run.status == DagsterRunStatus.STARTING
-        assert run.tags["dagster/image"] == image_of(deployment)
+
+def validate_manifest(manifest: dict):
+    """Schema validation as `kubernetes-validate --strict` does it: unknown fields are errors too."""
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(production_home, tmp_path):
+    home, api = production_home
+    values = helm_values()
+    deployment = user_deployment()
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    partition = f"00|{LAST_WEEK}"
+
+    run = launch_partition_run(values, home, tmp_path, partition)
+    assert run.status == DagsterRunStatus.STARTING
+    assert run.tags["dagster/image"] == image_of(deployment)
 
     [(namespace, job)] = api.jobs
     pod = job["spec"]["template"]
@@ -231,32 +322,112 @@ def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(producti
     print(f"\nJob for partition {run.tags['dagster/partition']} in namespace {namespace}:\n"
           + yaml.safe_dump(shown, sort_keys=False))
 
-    assert namespace == PRODUCTION_ENV["DAGSTER_K8S_NAMESPACE"]
+    assert namespace == helm_chart.NAMESPACE
     assert job["kind"] == "Job" and job["apiVersion"] == "batch/v1"
     assert job["metadata"]["name"] == f"dagster-run-{run.run_id}"
     assert job["spec"]["backoffLimit"] == 0  # a failed pod is not re-run by Kubernetes: run retries decide
     assert pod["spec"]["restartPolicy"] == "Never"
-    assert pod["spec"]["serviceAccountName"] == PRODUCTION_ENV["DAGSTER_K8S_SERVICE_ACCOUNT"]
+    validate_manifest(job)
 
-    # The image is the code server's (DAGSTER_CURRENT_IMAGE): dagster.yaml needs no job_image.
+    # Runs hold the secrets: their own service account (no Role), not the chart's `dagster` one, no API token.
+    assert pod["spec"]["serviceAccountName"] == "reporting-runs" != helm_chart.service_account_name(values)
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+    # The image is the code server's (DAGSTER_CURRENT_IMAGE), pinned by digest: dagster.yaml needs no job_image.
     assert container["image"] == image_of(deployment)
+    assert re.fullmatch(r"[^@]+:[\w.-]+@sha256:[0-9a-f]{64}", container["image"])
     assert container["args"][:3] == ["dagster", "api", "execute_run"]
-    assert container["resources"] == expected["run_k8s_config"]["container_config"]["resources"]
+    # Sized as the launcher says (benchmarks/results.json), not as the code server is.
+    assert container["resources"] == launcher["runK8sConfig"]["containerConfig"]["resources"] == {
+        "requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1536Mi"}}
 
-    assert container["envFrom"] == [{"configMapRef": {"name": name}} for name in expected["env_config_maps"]] + [
-        {"secretRef": {"name": name}} for name in expected["env_secrets"]]
+    # Pod Security Standard `restricted`, with /tmp the only writable path.
+    assert helm_chart.restricted_violations(pod) == []
+    assert container["securityContext"].items() >= RESTRICTED.items()
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+
+    assert container["envFrom"] == [{"configMapRef": {"name": c["name"]}} for c in launcher["envConfigMaps"]] + [
+        {"secretRef": {"name": s["name"]}} for s in launcher["envSecrets"]]
     env_vars = {e["name"]: e for e in container["env"]}
-    assert env_vars["DAGSTER_HOME"]["value"] == PRODUCTION_ENV["DAGSTER_HOME"]
+    assert env_vars["DAGSTER_HOME"]["value"] == values["global"]["dagsterHome"]
     assert env_vars["DAGSTER_RUN_JOB_NAME"]["value"] == "weekly_reports_job"
+    assert env_vars["DAGSTER_DISABLE_TELEMETRY"]["value"] == "true"
     assert env_vars["DAGSTER_PG_PASSWORD"]["valueFrom"] == {"secretKeyRef": {
-        "name": PRODUCTION_ENV["DAGSTER_K8S_PG_PASSWORD_SECRET"], "key": "postgresql-password"}}
+        "name": values["global"]["postgresqlSecretName"], "key": "postgresql-password"}}
 
     for labels in (job["metadata"]["labels"], pod["metadata"]["labels"]):
         assert labels["dagster/job"] == "weekly_reports_job"
         assert labels["dagster/run-id"] == run.run_id
         assert labels["dagster/code-location"] == LOCATION
         assert labels["app.kubernetes.io/component"] == "run_worker"
-        assert labels.items() >= (expected.get("labels") or {}).items()
+        # Cost allocation.
+        assert labels.items() >= {"app.kubernetes.io/part-of": "reporting-pipeline",
+                                  "cost-center": "clinical-reporting"}.items() == launcher["labels"].items()
+
+
+def test_runs_getting_the_code_servers_config_would_be_sized_and_privileged_as_the_code_server(
+        production_home, tmp_path):
+    """Why includeConfigInLaunchedRuns is off: on, the chart hands the code server's container context to
+    every run, and Dagster lays it over the launcher's run config. This reproduces what production saw."""
+    home, api = production_home
+    values = helm_values()
+    values["dagster-user-deployments"]["deployments"][0]["includeConfigInLaunchedRuns"] = {"enabled": True}
+
+    launch_partition_run(values, home, tmp_path, f"01|{LAST_WEEK}")
+
+    [(_, job)] = api.jobs
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"},
+                                      "limits": {"cpu": "2", "memory": "1Gi"}}
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "reporting-code-server"
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+@pytest.mark.skipif(bool(Kubelet.unavailable()), reason=str(Kubelet.unavailable()))
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+def test_code_server_and_run_pod_work_on_a_read_only_root_filesystem(pipeline, tmp_path, monkeypatch):
+    """The code server's pod and the run's Job, started as their specs say: only /tmp is writable. The run
+    renders and stores the shard's reports and its step logs reach S3."""
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
+
+    values = helm_values()
+    logs_bucket = f"{pipeline.bucket}-logs"
+    secret_names = {"MONGODB_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SMTP_USERNAME", "SMTP_PASSWORD"}
+    # The run storage stands in for PostgreSQL: outside /tmp, which the pods mount over.
+    storage = Path(tempfile.mkdtemp(prefix="reporting-run-storage-", dir="/var/tmp"))
+    try:
+        with MongoWireServer() as wire, KubeApiRecorder() as api:
+            db = mongo.connect(wire.uri)["reporting"]
+            seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
+            ensure_bucket(pipeline.s3, logs_bucket)
+            config_map = {**{k: v for k, v in pipeline.env.items() if k not in secret_names}, "REPORT_SHARDS": "1",
+                          "DAGSTER_COMPUTE_LOGS_BUCKET": logs_bucket, "DAGSTER_COMPUTE_LOGS_PREFIX": "compute-logs"}
+            secret = {**{k: v for k, v in pipeline.env.items() if k in secret_names}, "MONGODB_URI": wire.uri}
+            for key, value in {**config_map, **secret}.items():  # this process plays the daemon: same ConfigMap
+                monkeypatch.setenv(key, value)
+            kubelet = Kubelet(
+                config_maps={"reporting-pipeline-env": config_map, **helm_chart.user_deployment_config_maps(values)},
+                secrets={"reporting-pipeline-secrets": secret,
+                         values["global"]["postgresqlSecretName"]: {"postgresql-password": "unused"}},
+                writable=[storage])
+            home = instance_home(helm_chart.chart_instance(values), tmp_path / "home", storage,
+                                 api.kubeconfig(tmp_path / "kubeconfig"))
+
+            run = launch_partition_run(values, home, tmp_path, f"00|{LAST_WEEK}", kubelet)
+            [(_, job)] = api.jobs
+            pod = kubelet.run(job["spec"]["template"], timeout=600)
+            assert pod.returncode == 0, pod.stderr[-3000:]
+
+            with DagsterInstance.from_config(str(home)) as instance:
+                assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS
+            assert db[mongo.REPORTS].count_documents({}) == len(seeded.subscription_ids)
+        logs = [o["Key"] for o in pipeline.s3.list_objects_v2(Bucket=logs_bucket).get("Contents", [])]
+        assert logs and all(key.startswith("compute-logs/") for key in logs)
+        assert "Read-only file system" not in pod.stderr
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 def postgres_driver_error(scheme: str) -> str | None:
@@ -280,50 +451,141 @@ def test_helm_postgres_scheme_names_an_installed_driver():
     assert postgres_driver_error(scheme) is None, postgres_driver_error(scheme)
 
 
-def test_helm_values_mirror_dagster_yaml():
+def resolved(section: dict) -> dict:
+    """A pluggable section (module, class, config) as Dagster reads it: its class's schema, defaults filled in,
+    environment variables resolved."""
+    data = ConfigurableClassData(section["module"], section["class"], yaml.safe_dump(section.get("config") or {}))
+    klass = class_from_code_pointer(data.module_name, data.class_name)  # dagster.core.* is dagster._core.*
+    result = process_config(resolve_to_config_type(klass.config_type()), data.config_dict)
+    assert result.success, result.errors
+    return result.value
+
+
+def job_built_by(launcher_section: dict, kubeconfig: Path) -> tuple[str, dict]:
+    """The namespace and the Job a K8sRunLauncher with this config builds for a run: Dagster's own code."""
+    config = {**resolved(launcher_section), "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
+    launcher = K8sRunLauncher.from_config_value(None, config)
+    run = DagsterRun(job_name="weekly_reports_job", run_id="0" * 36)
+    context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=True)
+    job = construct_dagster_k8s_job(
+        job_config=context.get_k8s_job_config(job_image="image", run_launcher=launcher), args=["execute_run"],
+        job_name="dagster-run", user_defined_k8s_config=context.run_k8s_config, component="run_worker")
+    return context.namespace, job.to_dict()
+
+
+def test_helm_values_mirror_dagster_yaml(tmp_path, monkeypatch):
+    """dagster.yaml is the instance the chart renders from the values, section by section, as Dagster reads both;
+    its environment variables stand for what the chart takes from its release."""
     values, config = helm_values(), production_config()
+    chart = helm_chart.chart_instance(values)
+    for key, value in PRODUCTION_ENV.items():
+        monkeypatch.setenv(key, value)
 
-    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    coordinator = config["run_coordinator"]["config"]
-    assert values["dagsterDaemon"]["enabled"] and values["dagsterDaemon"]["runCoordinator"]["enabled"]
-    assert values["dagsterDaemon"]["runCoordinator"]["type"] == config["run_coordinator"]["class"]
-    assert queued["maxConcurrentRuns"] == coordinator["max_concurrent_runs"]
-    assert queued["tagConcurrencyLimits"] == coordinator["tag_concurrency_limits"]
+    # Nothing on one side only: dagster.yaml's `storage` is the chart's three storages.
+    storages = ("run_storage", "event_log_storage", "schedule_storage")
+    assert set(chart) - set(storages) == set(config) - {"storage"}
 
-    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
-    launcher = config["run_launcher"]["config"]
-    assert values["runLauncher"]["type"] == config["run_launcher"]["class"]
-    assert k8s["loadInclusterConfig"] == launcher["load_incluster_config"]
-    assert [c["name"] for c in k8s["envConfigMaps"]] == launcher["env_config_maps"]
-    assert [s["name"] for s in k8s["envSecrets"]] == launcher["env_secrets"]
-    assert snake_keys(k8s["runK8sConfig"]) == launcher["run_k8s_config"]
-    assert k8s.get("labels", {}) == launcher.get("labels", {})
+    postgres = resolved({"module": "dagster_postgres", "class": "DagsterPostgresStorage",
+                         "config": config["storage"]["postgres"]})["postgres_db"]
+    for name in storages:
+        assert resolved(chart[name])["postgres_db"] == postgres
+    assert postgres["params"] == {"sslmode": "require"} and postgres["hostname"] == values["postgresql"]["postgresqlHost"]
+
+    for name in ("scheduler", "run_coordinator", "compute_logs"):
+        assert (chart[name]["module"], chart[name]["class"]) == (config[name]["module"], config[name]["class"])
+        assert resolved(chart[name]) == resolved(config[name]), name
+    assert resolved(config["compute_logs"])["bucket"] == PRODUCTION_ENV["DAGSTER_COMPUTE_LOGS_BUCKET"]
+
+    # The run launcher, by what it sends to Kubernetes.
+    assert (chart["run_launcher"]["module"], chart["run_launcher"]["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    kubeconfig = KubeApiRecorder.kubeconfig_for("http://127.0.0.1:1", tmp_path / "kubeconfig")
+    assert job_built_by(chart["run_launcher"], kubeconfig) == job_built_by(config["run_launcher"], kubeconfig)
+
+    # Sections of fixed shape, as Dagster validates them.
+    (tmp_path / "chart").mkdir()
+    (tmp_path / "chart" / "dagster.yaml").write_text(yaml.safe_dump(chart))
+    from_chart, _ = dagster_instance_config(str(tmp_path / "chart"), "dagster.yaml")
+    from_file, _ = dagster_instance_config(str(ROOT), "dagster.yaml")
+    for name in ("retention", "sensors", "schedules", "run_retries", "run_monitoring", "telemetry"):
+        assert from_chart[name] == from_file[name], name
 
     # The chart renders neither retry_on_asset_or_op_failure nor max_runtime_seconds: both sections come
     # verbatim from additionalInstanceConfig, and the chart's own (partial) blocks are off.
-    extra = values["additionalInstanceConfig"]
     assert not values["dagsterDaemon"]["runRetries"]["enabled"] and not values["dagsterDaemon"]["runMonitoring"]["enabled"]
-    assert extra == {"run_retries": config["run_retries"], "run_monitoring": config["run_monitoring"]}
-    assert values["telemetry"] == config["telemetry"]
+    assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
 
-    assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]
-    assert values["generatePostgresqlPasswordSecret"] is False and values["global"]["postgresqlSecretName"]
-
+    # The code server evaluates sensors and schedules with the runs' settings.
     deployment = user_deployment()
-    assert values["dagster-user-deployments"]["enabled"]
     assert deployment["codeServerArgs"] == ["-m", "reporting_pipeline.defs.definitions"]
-    assert [c["name"] for c in deployment["envConfigMaps"]] == launcher["env_config_maps"]
-    assert [s["name"] for s in deployment["envSecrets"]] == launcher["env_secrets"]
-    assert deployment["image"]["tag"] not in ("", "latest")  # runs must get the code server's exact image
-    assert deployment["podSecurityContext"]["runAsNonRoot"] is True
+    assert deployment["envConfigMaps"] == values["runLauncher"]["config"]["k8sRunLauncher"]["envConfigMaps"]
+    assert deployment["envSecrets"] == values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"]
 
 
-def test_helm_additional_instance_config_passes_dagsters_validation(tmp_path):
-    config = {**production_config(), **helm_values()["additionalInstanceConfig"]}
-    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+def test_helm_rendered_instance_passes_dagsters_validation(tmp_path):
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(helm_chart.chart_instance(helm_values())))
     validated, _ = dagster_instance_config(str(tmp_path), "dagster.yaml")
     assert validated["run_monitoring"]["max_runtime_seconds"] == 14400
     assert validated["run_retries"]["retry_on_asset_or_op_failure"] is False
+    assert validated["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert validated["retention"]["sensor"]["purge_after_days"]["skipped"] == 1
+
+
+def test_code_server_deployment_meets_the_restricted_pod_security_standard():
+    values = helm_values()
+    deployment = helm_chart.code_server_deployment(values)
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    print("\nCode server Deployment (as the chart renders it):\n" + yaml.safe_dump(deployment, sort_keys=False))
+
+    validate_manifest(deployment)
+    assert helm_chart.restricted_violations(pod) == []
+    assert container["securityContext"].items() >= RESTRICTED.items()
+    # Writable: /tmp, and DAGSTER_HOME, where the code server makes an instance of its own on start
+    # (test_code_server_and_run_pod_work_on_a_read_only_root_filesystem fails without it).
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "dagster-home", "mountPath": values["global"]["dagsterHome"]}]
+    assert all(set(v) == {"name", "emptyDir"} for v in pod["spec"]["volumes"])
+    # Its service account has no Role (the daemon, not the code server, starts runs) and is not the runs'.
+    assert pod["spec"]["serviceAccountName"] == "reporting-code-server"
+    assert values["dagster-user-deployments"]["rbacEnabled"] is False
+    # Nothing of it is handed to runs: no container context.
+    assert "DAGSTER_CONTAINER_CONTEXT" not in {e["name"] for e in container["env"]}
+    assert pod["metadata"]["labels"].items() >= {"cost-center": "clinical-reporting"}.items()
+
+
+def test_every_dagster_pod_requests_cpu_and_memory_and_has_a_memory_limit():
+    values = helm_values()
+    runs = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]["resources"]
+    for name, resources in {"webserver": values["dagsterWebserver"]["resources"],
+                            "daemon": values["dagsterDaemon"]["resources"],
+                            "code server": user_deployment()["resources"], "runs": runs}.items():
+        assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"], name
+
+
+def test_run_service_account_has_no_token_and_is_the_one_runs_use():
+    [account] = yaml.safe_load_all((DEPLOY / "run-service-account.yaml").read_text())
+    validate_manifest(account)
+    assert account["kind"] == "ServiceAccount" and account["automountServiceAccountToken"] is False
+    pod_spec = helm_values()["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert account["metadata"]["name"] == pod_spec["serviceAccountName"]
+
+
+def test_pod_security_checker_flags_what_the_restricted_profile_forbids():
+    """The checker itself, on the code server's pod as it was before it was hardened, and on a few rules."""
+    pod = helm_chart.code_server_deployment(helm_values())["spec"]["template"]
+    pod["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
+    pod["spec"]["containers"][0]["securityContext"] = {"allowPrivilegeEscalation": False}
+    assert {v.split(":")[0] for v in helm_chart.restricted_violations(pod)} == {"Seccomp", "Capabilities"}
+
+    pod["spec"]["hostNetwork"] = True
+    pod["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/var/run"}})
+    pod["spec"]["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": True, "runAsUser": 0, "capabilities": {"add": ["SYS_ADMIN"], "drop": ["ALL"]},
+        "seccompProfile": {"type": "Unconfined"}}
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": 3030, "hostPort": 3030}]
+    assert {v.split(":")[0] for v in helm_chart.restricted_violations(pod)} == {
+        "Host namespaces", "HostPath volumes", "Volume types", "Privilege escalation", "Running as non-root user",
+        "Capabilities (baseline)", "Capabilities", "Seccomp", "Host ports"}
 
 
 def test_dockerfile_builds_a_non_root_image_with_the_pinned_dagster_family():

@@ -12,8 +12,9 @@ from reporting_pipeline.apps.cli import LOCAL_COMMANDS, database, settings_from_
 
 
 def _seed(args) -> int:
-    from reporting_pipeline.local.seed import seed
     from reporting_pipeline.services.objectstore import ensure_bucket
+
+    from .seed import seed
 
     db = database(args.settings)
     s3, bucket, encryption = storage(args.settings)
@@ -28,7 +29,7 @@ def _seed(args) -> int:
 
 
 def _demo(args) -> int:
-    from reporting_pipeline.local.demo import run_demo
+    from .demo import run_demo
 
     summary = run_demo(args.subscribers, Path(args.out))
     return 0 if summary["emails_sent"] == summary["subscribers"] and not summary["failed_runs"] else 1

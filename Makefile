@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test venv clean
+.PHONY: demo dev test venv lock clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,17 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest reporting_pipeline_tests $(PYTEST_ARGS)
+
+# deploy/requirements.lock: every package the image installs, pinned with its hashes, resolved from setup.py's
+# install_requires alone (no extras) for the image's Python. Existing pins are kept unless setup.py needs
+# otherwise; `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed. PyPI alone, whatever
+# pip's local configuration adds (extra indexes, local wheels), so the hashes are those the image build sees.
+lock: $(STAMP)
+	@test "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$$(cat .python-version)" \
+		|| { echo "make lock needs Python $$(cat .python-version), the image's" >&2; exit 1; }
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
+		--output-file deploy/requirements.lock $(LOCK_ARGS) setup.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

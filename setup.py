@@ -60,6 +60,7 @@ setup(
             "fonttools>=4.50",  # render tests read the embedded font programs
             "schemathesis>=4.32,<5",  # the API tests fuzz it from its OpenAPI document
             "kubernetes-validate>=1.31",  # the production tests check manifests against Kubernetes' schemas
+            "pip-tools>=7.5",  # `make lock`: deploy/requirements.lock, the image's pinned and hashed dependencies
         ],
     },
     entry_points={

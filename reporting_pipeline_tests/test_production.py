@@ -588,22 +588,34 @@ def test_pod_security_checker_flags_what_the_restricted_profile_forbids():
         "Capabilities (baseline)", "Capabilities", "Seccomp", "Host ports"}
 
 
+def setup_py_pins() -> dict[str, str]:
+    """The Dagster family's exact versions, as setup.py pins them."""
+    return dict(re.findall(r'"(dagster(?:-[a-z0-9]+)?)==([0-9.]+)"', (ROOT / "setup.py").read_text()))
+
+
 def test_dockerfile_builds_a_non_root_image_with_the_pinned_dagster_family():
     steps = dockerfile()
     instructions = [name for name, _ in steps]
     args = dict(reversed(steps))  # the first occurrence of each instruction
-    assert args["FROM"] == f"python:{(ROOT / '.python-version').read_text().strip()}-slim"
+    # A patch release of .python-version's Python, on a named Debian release: no floating minor tag.
+    python = re.escape((ROOT / ".python-version").read_text().strip())
+    assert re.fullmatch(rf"python:{python}\.\d+-slim-bookworm(@sha256:[0-9a-f]{{64}})?", args["FROM"]), args["FROM"]
 
     user = [a for name, a in steps if name == "USER"][-1].split(":")[0]
     assert user not in ("root", "0") and instructions.index("USER") > max(
         i for i, (name, a) in enumerate(steps) if name == "RUN")  # nothing runs as root after it
 
-    # Dependencies come from this repository's setup.py, which pins the whole Dagster family.
-    runs = " && ".join(a for name, a in steps if name == "RUN")
-    assert re.search(r"pip install \.( |$)", runs) and "pip install --no-deps ." in runs
-    assert not re.search(r"pip install [^&]*\bdagster", runs), "Dagster must come from setup.py's pins only"
-    setup_py = (ROOT / "setup.py").read_text()
-    pins = dict(re.findall(r'"(dagster(?:-[a-z0-9]+)?)==([0-9.]+)"', setup_py))
+    # Dependencies come from the lock only (hash-checked, no resolving), then the package without its
+    # dependencies; the lock's own agreement with setup.py is test_image_lock_agrees_with_setup_py's.
+    runs = [a for name, a in steps if name == "RUN"]
+    installs = [" ".join(part.split()) for run in runs for part in run.split("&&") if "pip install" in part]
+    assert installs == ["pip install --require-hashes --no-deps -r deploy/requirements.lock",
+                        "pip install --no-deps ."], installs
+    assert any("pip check" in run for run in runs)
+    copies = [shlex.split(a) for name, a in steps if name == "COPY"]
+    assert copies[0] == ["deploy/requirements.lock", "deploy/"]  # before the code: its own cached layer
+
+    pins = setup_py_pins()
     assert {"dagster", "dagster-k8s", "dagster-postgres", "dagster-aws", "dagster-webserver"} <= set(pins)
     core = pins["dagster"].split(".")
     for name, version in pins.items():  # libraries are released as 0.(minor+16).patch alongside dagster
@@ -618,4 +630,151 @@ def test_dockerfile_builds_a_non_root_image_with_the_pinned_dagster_family():
     assert cmd[:3] == ["dagster", "code-server", "start"]
     assert cmd[cmd.index("-m"):] == user_deployment()["codeServerArgs"]
     assert f'"-p", "{user_deployment()["port"]}"' in args["CMD"] and "EXPOSE" in instructions
-    assert shlex.split(args["COPY"]) == ["setup.py", "./"]
+
+
+LOCK = DEPLOY / "requirements.lock"
+# The image's platform: the lock is resolved for it, and its markers are read for it.
+IMAGE_MARKERS = {"python_version": (ROOT / ".python-version").read_text().strip(), "sys_platform": "linux",
+                 "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+                 "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def setup_kwargs() -> dict:
+    """What setup.py passes to setup(), read by running it with setup() replaced."""
+    import runpy
+    from unittest import mock
+
+    import setuptools
+
+    captured = {}
+    with mock.patch.object(setuptools, "setup", lambda **kwargs: captured.update(kwargs)):
+        runpy.run_path(str(ROOT / "setup.py"))
+    return captured
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """The lock's entries: canonical name -> (pinned version, sha256 hashes)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    entries = {}
+    text = re.sub(r"\\\n", " ", LOCK.read_text())
+    for line in text.splitlines():
+        line = re.sub(r"(^|\s)#.*", "", line).strip()
+        if not line:
+            continue
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})\b", line)
+        requirement = re.sub(r"\s--hash=\S+", "", line).strip()
+        assert not requirement.startswith("-"), f"an option in the lock, not a package: {line[:80]}"
+        parsed = Requirement(requirement)
+        [spec] = parsed.specifier
+        assert spec.operator == "==" and not parsed.extras and parsed.marker is None, requirement
+        assert canonicalize_name(parsed.name) not in entries, f"{parsed.name} is locked twice"
+        entries[canonicalize_name(parsed.name)] = (spec.version, hashes)
+    return entries
+
+
+def test_image_lock_agrees_with_setup_py():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    header = LOCK.read_text().splitlines()[:6]
+    assert f"# This file is autogenerated by pip-compile with Python {IMAGE_MARKERS['python_version']}" in header
+    lock = locked()
+    assert lock, "the lock is empty"
+    for name, (version, hashes) in lock.items():
+        assert hashes, f"{name}=={version} has no --hash=sha256: pip would refuse the whole file with --require-hashes"
+
+    kwargs = setup_kwargs()
+    for text in kwargs["install_requires"]:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate(IMAGE_MARKERS):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"setup.py requires {text}; the lock has no {requirement.name} (run make lock)"
+        assert requirement.specifier.contains(lock[name][0], prereleases=True), \
+            f"setup.py requires {text}; the lock has {lock[name][0]} (run make lock)"
+
+    # The Dagster family exactly as setup.py pins it, and no other Dagster library than those and their own.
+    dagster = {name: version for name, (version, _) in lock.items() if name.startswith("dagster")}
+    pins = {canonicalize_name(name): version for name, version in setup_py_pins().items()}
+    assert pins.items() <= dagster.items(), {n: (v, dagster.get(n)) for n, v in pins.items() if dagster.get(n) != v}
+    assert set(dagster) - set(pins) <= {"dagster-pipes", "dagster-shared"}, set(dagster) - set(pins)
+    assert {dagster[n] for n in set(dagster) - set(pins)} <= {pins["dagster"]}
+
+    # No package the extras name (stand-ins, test tools) is in the image.
+    extras = {canonicalize_name(Requirement(text).name) for texts in kwargs["extras_require"].values()
+              for text in texts}
+    assert not extras & set(lock), f"only the extras want these, yet they are locked: {sorted(extras & set(lock))}"
+    assert not {"moto", "mongomock", "aiosmtpd", "mongoeco", "pytest"} & set(lock)
+
+
+def pypi_unreachable() -> str | None:
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=10).close()
+    except OSError as error:
+        return f"PyPI is not reachable from here ({error})"
+    return None
+
+
+def test_image_lock_installs_from_pypi_with_its_hashes_and_holds_exactly_what_setup_py_needs(tmp_path):
+    """pip on the image's Python resolves the lock against PyPI as the image build would, dependencies
+    included and hashes required: a locked package's dependency missing from the lock (or unhashed) fails
+    it. Then setup.py's requirements, followed through each locked package's metadata, reach exactly the
+    locked packages: nothing missing (extras like pyjwt[crypto] included), nothing stale."""
+    import platform
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    here = (sys.platform, platform.machine(), "%d.%d" % sys.version_info[:2])
+    image = (IMAGE_MARKERS["sys_platform"], IMAGE_MARKERS["platform_machine"], IMAGE_MARKERS["python_version"])
+    if here != image:
+        pytest.skip(f"the lock is for Python {image[2]} on Linux x86_64; this is Python {here[2]} on {here[0]} {here[1]}")
+    if reason := pypi_unreachable():
+        pytest.skip(reason)
+    # PyPI alone, as in the image: no local indexes or wheel folders from pip's configuration here.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_CONSTRAINT")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    report_file = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--require-hashes",
+         "--index-url", "https://pypi.org/simple", "-r", str(LOCK), "--report", str(report_file)],
+        env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_file.read_text())
+    picked = {canonicalize_name(item["metadata"]["name"]): item for item in report["install"]}
+
+    lock = locked()
+    assert picked.keys() == lock.keys()
+    for name, item in picked.items():
+        version, hashes = lock[name]
+        assert item["metadata"]["version"] == version
+        assert item["download_info"]["archive_info"]["hashes"]["sha256"] in hashes, f"{name}: file not in the lock"
+    # The slim image has no compiler: wheels only, but for pure-Python projects that publish no wheel.
+    sources = {name for name, item in picked.items() if not item["download_info"]["url"].endswith(".whl")}
+    assert sources <= {"dkimpy"}, f"would be built from source in the image: {sorted(sources)}"
+
+    def active(requirement: Requirement, extras: set[str]) -> bool:
+        return requirement.marker is None or any(
+            requirement.marker.evaluate({**report["environment"], "extra": extra}) for extra in extras)
+
+    reached: dict[str, set[str]] = {}  # package -> the extras asked of it ("" = none)
+    todo = [Requirement(text) for text in setup_kwargs()["install_requires"]]
+    todo = [requirement for requirement in todo if active(requirement, {""})]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        assert name in picked, f"{requirement} is needed but not locked (run make lock)"
+        version = picked[name]["metadata"]["version"]
+        assert requirement.specifier.contains(version, prereleases=True), f"{requirement} is needed; locked {version}"
+        extras = {""} | {canonicalize_name(extra) for extra in requirement.extras}
+        if extras <= reached.get(name, set()):
+            continue
+        reached[name] = reached.get(name, set()) | extras
+        todo += [dependency for dependency in map(Requirement, picked[name]["metadata"].get("requires_dist", []))
+                 if active(dependency, reached[name])]
+    assert set(reached) == set(picked), f"locked but not needed by setup.py: {sorted(set(picked) - set(reached))}"

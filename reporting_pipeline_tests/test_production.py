@@ -337,6 +337,7 @@ def test_k8s_run_launcher_creates_the_job_we_expect_for_a_partition_run(producti
     assert container["image"] == image_of(deployment)
     assert re.fullmatch(r"[^@]+:[\w.-]+@sha256:[0-9a-f]{64}", container["image"])
     assert container["args"][:3] == ["dagster", "api", "execute_run"]
+    assert "command" not in container  # so the args run under the image's ENTRYPOINT, tini
     # Sized as the launcher says (benchmarks/results.json), not as the code server is.
     assert container["resources"] == launcher["runK8sConfig"]["containerConfig"]["resources"] == {
         "requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1536Mi"}}
@@ -624,8 +625,10 @@ def test_dockerfile_builds_a_non_root_image_with_the_pinned_dagster_family():
             ["0", str(int(core[1]) + 16), core[2]]
         assert [major, minor, patch] == expected, f"{name}=={version} is not released with dagster=={pins['dagster']}"
 
-    # No ENTRYPOINT: the chart and the launcher pass whole commands as args, which an ENTRYPOINT would prefix.
-    assert "ENTRYPOINT" not in instructions
+    # tini as PID 1 (test_termination.py shows why): the chart and the launcher pass whole commands as args,
+    # which follow the ENTRYPOINT.
+    assert json.loads(args["ENTRYPOINT"]) == ["/usr/bin/tini", "--"]
+    assert any(re.search(r"apt-get install [^&]*\btini\b", run) for run in runs)
     cmd = json.loads(args["CMD"])
     assert cmd[:3] == ["dagster", "code-server", "start"]
     assert cmd[cmd.index("-m"):] == user_deployment()["codeServerArgs"]

@@ -30,6 +30,8 @@ setup(
     version="0.1.0",
     description="Weekly PDF reports for clinical-trial participants, orchestrated by Dagster.",
     packages=find_packages(exclude=["reporting_pipeline_tests*"]),
+    # The message catalogs are read from their .po sources at run time: they ship with the package.
+    package_data={"reporting_pipeline": ["locale/*.pot", "locale/*/LC_MESSAGES/*.po"]},
     python_requires=">=3.11",
     install_requires=[
         *DAGSTER,
@@ -42,6 +44,8 @@ setup(
         "uharfbuzz>=0.50",
         "python-bidi>=0.6,<0.7",  # render uses bidi.algorithm's levels (the Rust API gives only strings)
         "Pillow>=11",
+        # The participant's language: gettext catalogs read from their .po sources, dates and numbers by CLDR.
+        "Babel>=2.12",
         # Subscription API.
         "fastapi>=0.115",
         "uvicorn>=0.30",

@@ -63,3 +63,18 @@ class ChecksumMismatch(ReportInputError):
 
 class InvalidEmailAddress(ReportInputError):
     code = "invalid_email"
+
+
+class UnitMismatch(ReportInputError):
+    """A record whose unit is not the one its trial's report definition shows: never printed under a wrong unit."""
+
+    code = "unit_mismatch"
+
+
+class InvalidReportDefinition(ReportInputError):
+    """A trial's report definition does not validate: that trial's reports fail, no other trial's.
+
+    The message names the field paths and what is wrong with them (a definition holds no health data).
+    """
+
+    code = "invalid_report_definition"

@@ -33,7 +33,7 @@ def test_report_shows_title_participant_week_values_and_page_numbers():
     text = pdf_text(pdf)
     assert "Heart <Study> & Co" in text
     assert "P-000042" in text
-    assert "16 Nov 2026 - 22 Nov 2026" in text
+    assert "Week of Nov 16 – 22, 2026" in text  # English (CLDR "en"): no locale on the enrollment, no trial default
     # systolic: n=3 mean 130.0 min 110.0 max 150.0 change +10.0 vs last week, 1 outside range
     for value in ("130.0", "110.0", "150.0", "+10.0", "80.5"):
         assert value in text
@@ -70,7 +70,7 @@ def test_rendering_is_deterministic_so_reruns_store_identical_bytes():
 def test_left_out_items_are_mentioned_without_details():
     broken = bundle(files=[FileItem("n9", "text", datetime(2026, 11, 17, tzinfo=UTC), "text/plain", b"\xff")])
     text = pdf_text(render_report(aggregate_subscriber(broken, "UTC"))[0])
-    assert "1 item(s) could not be included" in text
+    assert "1 item could not be included in this report" in text
 
 
 def test_process_pool_renders_the_same_bytes_and_returns_failures_in_place():

@@ -21,7 +21,7 @@ from pymongo.errors import DuplicateKeyError
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.objectstore import Encryption, is_not_found, list_objects
 from reporting_pipeline.services.retry import call_with_retry
-from reporting_pipeline.stages.store import recorded_at_of
+from reporting_pipeline.stages.store import DEFINITION_META, LANGUAGE_META, recorded_at_of
 from reporting_pipeline.weeks import as_utc
 
 from .redrive import REDRIVE_REQUESTS, queue_redrive
@@ -147,12 +147,18 @@ def _head(s3, bucket: str, key: str) -> dict | None:
 
 def _digest(s3, bucket: str, key: str) -> tuple[str, int]:
     """sha256 and size of an object, streamed in chunks."""
-    body = call_with_retry(lambda: s3.get_object(Bucket=bucket, Key=key))["Body"]
+    return _digest_and_metadata(s3, bucket, key)[:2]
+
+
+def _digest_and_metadata(s3, bucket: str, key: str) -> tuple[str, int, dict]:
+    """sha256, size and user metadata of an object, streamed in chunks."""
+    got = call_with_retry(lambda: s3.get_object(Bucket=bucket, Key=key))
+    body = got["Body"]
     digest, size = hashlib.sha256(), 0
     for chunk in iter(lambda: body.read(_CHUNK), b""):
         digest.update(chunk)
         size += len(chunk)
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, got.get("Metadata") or {}
 
 
 def _differs(s3, bucket: str, head: dict, rec: dict) -> bool:
@@ -185,12 +191,14 @@ def _rebuild_delivered(db: Database, s3, bucket: str, obj: dict, now: datetime) 
     audited = db[AUDIT].find_one({"s3_key": obj["Key"]}, {"_id": 1})
     if delivery is None and audited is None:
         return False
-    sha256, size = _digest(s3, bucket, obj["Key"])
+    sha256, size, metadata = _digest_and_metadata(s3, bucket, obj["Key"])
     written = as_utc(obj["LastModified"])
+    # How it was rendered, as its upload recorded it: its email (if one is still due) keeps the report's language.
+    rendered = {"language": metadata.get(LANGUAGE_META) or "en", "definition_version": metadata.get(DEFINITION_META)}
     db[mongo.REPORTS].update_one(
         {"subscription_id": subscription, "week": week},
         {"$set": {"subscription_id": subscription, "week": week, "shard": shard, "s3_key": obj["Key"],
-                  "sha256": sha256, "size": size, "rendered_at": written, "rebuilt_at": now,
+                  "sha256": sha256, "size": size, "rendered_at": written, "rebuilt_at": now, **rendered,
                   **({"delivery_state": "sent"} if delivery and delivery.get("status") == "sent" else {})},
          "$setOnInsert": {"created_at": written}},
         upsert=True)

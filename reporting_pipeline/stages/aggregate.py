@@ -10,13 +10,22 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 from pymongo.database import Database
 
-from reporting_pipeline.errors import Issue, ReportInputError, TextNotUtf8
+from reporting_pipeline.errors import (
+    CorruptImage,
+    ImageTooLarge,
+    InvalidReportDefinition,
+    Issue,
+    ReportInputError,
+    TextNotUtf8,
+    UnitMismatch,
+)
 from reporting_pipeline.operations.dead_letters import record_data_issues, record_dead_letter
 from reporting_pipeline.services.retry import captured
 from reporting_pipeline.weeks import Week
 
+from .definitions import ReportDefinition
 from .fetch import SubscriberWeek
-from .images import make_thumbnail
+from .images import make_logo, make_thumbnail
 
 SUMMARY_COLUMNS = [
     "metric", "unit", "count", "mean", "min", "max", "previous_mean", "change", "out_of_range", "ref_low", "ref_high",
@@ -43,6 +52,13 @@ class Thumbnail:
     height: int
 
 
+@dataclass(frozen=True)
+class Logo:
+    png: bytes
+    width: int
+    height: int
+
+
 @dataclass
 class AggregatedReport:
     """What the renderer needs for one subscriber's week, and nothing more."""
@@ -62,6 +78,13 @@ class AggregatedReport:
     excerpts: list[Excerpt] = field(default_factory=list)
     thumbnails: list[Thumbnail] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
+    language: str = "en"  # BCP 47 tag the report is written in
+    definition: ReportDefinition | None = None  # None: the built-in report
+    logo: Logo | None = None
+
+    @property
+    def definition_version(self) -> str | None:
+        return self.definition.version if self.definition else None
 
     @property
     def week(self) -> Week:
@@ -149,22 +172,77 @@ def excerpt_text(data: bytes, ref: str) -> str:
     return text
 
 
+def apply_definition(records: list[dict], definition: ReportDefinition | None) -> tuple[list[dict], list[Issue]]:
+    """The records a trial's report shows: only its defined metrics, each against its approved reference
+    range. A record in another unit than the definition's is left out (an issue), never shown under it."""
+    if definition is None:
+        return records, []
+    kept, issues = [], []
+    for record in records:
+        spec = definition.metric(record["metric"])
+        if spec is None:
+            continue  # not in the approved report
+        if record["unit"] and record["unit"] not in spec.units.values():
+            error = UnitMismatch(f"record {record['record_id']}: unit is not the one the report definition shows",
+                                 record["record_id"])
+            issues.append(Issue.from_error("aggregate", error))
+            continue
+        if spec.low is not None or spec.high is not None:
+            record = {**record, "ref_low": spec.low, "ref_high": spec.high}
+        kept.append(record)
+    return kept, issues
+
+
+def _in_definition_order(summary: pd.DataFrame, definition: ReportDefinition | None) -> pd.DataFrame:
+    if definition is None or len(summary) < 2:
+        return summary
+    order = {m.key: i for i, m in enumerate(definition.metrics)}
+    rows = sorted(range(len(summary)), key=lambda i: order.get(summary["metric"].iat[i], len(order)))
+    return summary.iloc[rows].reset_index(drop=True)
+
+
+_LOGOS: dict[bytes, Logo] = {}
+
+
+def logo_of(data: bytes, trial_id: str) -> Logo:
+    """The logo prepared for the PDF, once per process and image (every report of a trial has it)."""
+    from .fetch import sha256_hex
+
+    key = sha256_hex(data).encode()
+    if key not in _LOGOS:
+        try:
+            _LOGOS[key] = Logo(*make_logo(data, "logo"))
+        except (CorruptImage, ImageTooLarge) as error:
+            raise InvalidReportDefinition(f"trial {trial_id}: report definition is invalid: logo: {error}",
+                                          trial_id) from None
+    return _LOGOS[key]
+
+
 def aggregate_many(bundles: list[SubscriberWeek], week_timezone: str) -> list[AggregatedReport | Exception]:
     """`aggregate_subscriber` for a batch, its tables computed in one pass; an error stays with its subscriber."""
     summaries = [None] * len(bundles)
     if len({b.week_key for b in bundles}) == 1:
         try:
-            summaries = summarize_many([b.records for b in bundles], Week.from_key(bundles[0].week_key, week_timezone))
+            kept = [apply_definition(b.records, b.definition) for b in bundles]
+            summaries = summarize_many([records for records, _ in kept],
+                                       Week.from_key(bundles[0].week_key, week_timezone))
+            summaries = [(records, issues, s) for (records, issues), s in zip(kept, summaries)]
         except Exception:
-            pass  # one subscriber's data breaks the batch pass: one at a time finds whose
+            summaries = [None] * len(bundles)  # one subscriber's data breaks the batch pass: one at a time finds whose
     return [captured(aggregate_subscriber, b, week_timezone, s) for b, s in zip(bundles, summaries)]
 
 
 def aggregate_subscriber(bundle: SubscriberWeek, week_timezone: str, summarized=None) -> AggregatedReport:
-    """Aggregate one subscriber (its tables from `summarized` when given); bad items become issues."""
+    """Aggregate one subscriber (its records, issues and tables from `summarized` when given); bad items
+    become issues. With a report definition, only its metrics, in its order, with its reference ranges."""
     week = Week.from_key(bundle.week_key, week_timezone)
-    summary, daily, adherence = summarized or summarize(bundle.records, week)
-    in_week = sum(1 for r in bundle.records if week.start_utc <= r["recorded_at"] < week.end_utc)
+    if summarized is None:
+        records, definition_issues = apply_definition(bundle.records, bundle.definition)
+        summary, daily, adherence = summarize(records, week)
+    else:
+        records, definition_issues, (summary, daily, adherence) = summarized
+    summary = _in_definition_order(summary, bundle.definition)
+    in_week = sum(1 for r in records if week.start_utc <= r["recorded_at"] < week.end_utc)
     report = AggregatedReport(
         subscription_id=bundle.subscription_id,
         email=bundle.email,
@@ -178,7 +256,10 @@ def aggregate_subscriber(bundle: SubscriberWeek, week_timezone: str, summarized=
         daily=daily,
         adherence_days=adherence,
         record_count=in_week,
-        issues=list(bundle.issues),
+        issues=list(bundle.issues) + definition_issues,
+        language=bundle.language,
+        definition=bundle.definition,
+        logo=logo_of(bundle.logo, bundle.trial_id) if bundle.logo else None,
     )
     for item in bundle.files:
         try:

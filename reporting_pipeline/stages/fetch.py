@@ -21,6 +21,7 @@ from reporting_pipeline.compat import batched
 from reporting_pipeline.errors import (
     ChecksumMismatch,
     FileTooLarge,
+    InvalidReportDefinition,
     Issue,
     MalformedRecord,
     MissingObject,
@@ -32,8 +33,12 @@ from reporting_pipeline.services.retry import call_with_retry, captured
 from reporting_pipeline.sharding import shard_filter
 from reporting_pipeline.weeks import Week, as_utc
 
+from .definitions import ReportDefinition, definition_of_trial, trial_default_locale
+from .i18n import resolve
+
 # Larger files are refused before download: no diary note or photo needs more.
 MAX_FILE_BYTES = 25 * 1024 * 1024
+MAX_LOGO_BYTES = 2 * 1024 * 1024
 FILE_THREADS = 8
 
 
@@ -64,6 +69,12 @@ class SubscriberWeek:
     file_metas: list[dict] = field(default_factory=list)  # what `load_files` downloads into `files`
     files: list[FileItem] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
+    # The report's language (BCP 47): the participant's locale, else the trial's default, else English.
+    language: str = "en"
+    definition: ReportDefinition | None = None  # None: the built-in report
+    # Set when the subscriber cannot be reported on at all (the trial's definition is invalid).
+    failure: ReportInputError | None = None
+    logo: bytes | None = None  # the definition's logo, downloaded with the files
 
 
 def _number(value, what: str, ref: str) -> float:
@@ -154,16 +165,43 @@ def download_files(s3, bucket: str, metas: list[dict]) -> list[FileItem | Except
         return list(pool.map(lambda m: captured(call_with_retry, lambda: read_file(s3, bucket, m)), metas))
 
 
+def read_logo(s3, bucket: str, key: str) -> bytes:
+    """A definition's logo; a missing or oversized one makes the definition invalid, not the report lesser."""
+    try:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_LOGO_BYTES + 1)
+    except ClientError as error:
+        if is_not_found(error):
+            raise InvalidReportDefinition(f"report definition is invalid: logo: no object at key {key}") from None
+        raise
+    if len(data) > MAX_LOGO_BYTES:
+        raise InvalidReportDefinition(f"report definition is invalid: logo: larger than {MAX_LOGO_BYTES} bytes")
+    return data
+
+
 def load_files(s3, bucket: str, bundles: list[SubscriberWeek]) -> list[SubscriberWeek | Exception]:
-    """Download every bundle's files (one thread pool for the whole batch).
+    """Download every bundle's files (one thread pool for the whole batch), and each trial's logo once.
 
     A file the data makes unusable (missing, too large, changed) becomes an issue of its bundle; any
     other failure (S3 still failing after its retries) fails that subscriber's fetch, not the batch.
+    A bundle that failed already (its trial's definition is invalid) downloads nothing.
     """
-    downloaded = iter(download_files(s3, bucket, [m for b in bundles for m in b.file_metas]))
+    usable = [b for b in bundles if b.failure is None]
+    logo_keys = sorted({b.definition.logo for b in usable if b.definition and b.definition.logo})
+    logos = dict(zip(logo_keys, (captured(call_with_retry, lambda k=k: read_logo(s3, bucket, k)) for k in logo_keys)))
+    downloaded = iter(download_files(s3, bucket, [m for b in usable for m in b.file_metas]))
     out = []
     for bundle in bundles:
+        if bundle.failure is not None:
+            out.append(bundle.failure)
+            continue
+        logo = logos.get(bundle.definition.logo) if bundle.definition and bundle.definition.logo else None
         results = [next(downloaded) for _ in bundle.file_metas]
+        if isinstance(logo, BaseException):
+            if isinstance(logo, InvalidReportDefinition):
+                logo = InvalidReportDefinition(f"trial {bundle.trial_id}: {logo}", bundle.trial_id)
+            out.append(logo)
+            continue
+        bundle.logo = logo
         failure = next((r for r in results if isinstance(r, BaseException) and not isinstance(r, ReportInputError)),
                        None)
         if failure is not None:
@@ -176,11 +214,31 @@ def load_files(s3, bucket: str, bundles: list[SubscriberWeek]) -> list[Subscribe
     return out
 
 
+def trial_reports(trials: dict[str, dict]) -> dict[str, tuple[ReportDefinition | None, InvalidReportDefinition | None]]:
+    """Each trial's report definition, validated as it is loaded: (definition or None, error or None)."""
+    out = {}
+    for trial_id, trial in trials.items():
+        try:
+            out[trial_id] = (definition_of_trial(trial), None)
+        except InvalidReportDefinition as error:
+            out[trial_id] = (None, error)
+    return out
+
+
 def fetch_batch(db: Database, week: Week, shard_id: str, subscriptions: list[dict]) -> list[SubscriberWeek]:
-    """Load records (this and the previous week) and this week's file metadata for a batch of subscriptions."""
+    """Load records (this and the previous week) and this week's file metadata for a batch of subscriptions.
+
+    Four queries whatever the batch size: trials, enrollments (the participants' locales), records, files.
+    """
     participants = sorted({s["participant_id"] for s in subscriptions})
     trial_ids = sorted({s["trial_id"] for s in subscriptions})
     trials = {t["_id"]: t for t in call_with_retry(lambda: list(db[mongo.TRIALS].find({"_id": {"$in": trial_ids}})))}
+    reports = trial_reports(trials)
+    # The locale is read from the enrollment at every run (not copied onto the subscription): a participant
+    # who changes language gets next week's report in it, and subscriptions made before locales existed work.
+    enrollment_ids = sorted({s["enrollment_id"] for s in subscriptions if s.get("enrollment_id")}, key=str)
+    locales = {e["_id"]: e.get("locale") for e in call_with_retry(lambda: list(
+        db[mongo.ENROLLMENTS].find({"_id": {"$in": enrollment_ids}}, {"locale": 1})))} if enrollment_ids else {}
     window = {"$gte": week.previous().start_utc, "$lt": week.end_utc}
     record_docs = call_with_retry(lambda: list(
         db[mongo.RECORDS].find({"participant_id": {"$in": participants}, "recorded_at": window}).sort("_id", 1)))
@@ -203,6 +261,11 @@ def fetch_batch(db: Database, week: Week, shard_id: str, subscriptions: list[dic
     for meta in file_docs:
         file_metas[(meta.get("trial_id"), meta.get("participant_id"))].append(meta)
 
+    def language(sub: dict) -> str:
+        definition, _ = reports.get(sub["trial_id"], (None, None))
+        return resolve(locales.get(sub.get("enrollment_id")), trial_default_locale(trials.get(sub["trial_id"]), definition),
+                       definition.languages if definition else None)
+
     return [
         SubscriberWeek(
             subscription_id=str(sub["_id"]),
@@ -216,6 +279,9 @@ def fetch_batch(db: Database, week: Week, shard_id: str, subscriptions: list[dic
             records=records.get((sub["trial_id"], sub["participant_id"]), []),
             file_metas=file_metas.get((sub["trial_id"], sub["participant_id"]), []),
             issues=list(raw_issues.get((sub["trial_id"], sub["participant_id"]), [])),
+            language=language(sub),
+            definition=reports.get(sub["trial_id"], (None, None))[0],
+            failure=reports.get(sub["trial_id"], (None, None))[1],
         )
         for sub in subscriptions
     ]

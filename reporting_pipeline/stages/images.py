@@ -51,3 +51,29 @@ def make_thumbnail(data: bytes, ref: str) -> tuple[bytes, int, int]:
     # A fresh save without exif=/icc_profile= writes no metadata at all (no GPS, no device).
     image.save(out, format="JPEG", quality=82, optimize=True)
     return out.getvalue(), image.width, image.height
+
+
+LOGO_BOX = (600, 200)
+
+
+def make_logo(data: bytes, ref: str) -> tuple[bytes, int, int]:
+    """A trial's logo as a PNG at most 600x200 pixels, transparency flattened onto white; (bytes, w, h)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise _too_large(ref, f"{width}x{height} = {width * height:,} pixels")
+            image.thumbnail(LOGO_BOX)
+            image = image.convert("RGBA")
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, UnidentifiedImageError, OSError,
+            SyntaxError, ValueError) as error:
+        raise CorruptImage(f"image {ref}: cannot be decoded ({type(error).__name__})", ref) from None
+    flat = Image.new("RGB", image.size, (255, 255, 255))
+    flat.paste(image, mask=image.getchannel("A"))
+    out = io.BytesIO()
+    flat.save(out, format="PNG", optimize=True)  # no metadata: a fresh save writes none
+    return out.getvalue(), flat.width, flat.height

@@ -1,17 +1,22 @@
 """Render stage: one subscriber's aggregated week as a PDF (reportlab), deterministic byte for byte.
 
-Text the report itself writes (headings, labels, dates) is English and set with ReportLab's
-Paragraph in the primary font. Text that comes from data (trial name, participant id, metric
-names and units, diary entries) may be in any script and is set with `scripttext.ScriptText`,
-which falls back across fonts, shapes and reorders it; a character no font has is drawn as
+Text the report itself writes (headings, labels, dates, numbers) is in the report's language
+(`i18n`: gettext catalogs, Babel formats). Where the primary font has every character of it
+(English, German, French, Spanish) it is set with ReportLab's Paragraph, the cheapest way; otherwise
+(Japanese) with `scripttext.ScriptText`, like text that comes from data (trial name, participant id,
+metric names and units, diary entries, a definition's approved texts), which may be in any script:
+ScriptText falls back across fonts, shapes and reorders it; a character no font has is drawn as
 U+FFFD and reported as a `missing_glyph` issue by `render_report_checked`.
+
+What a trial's report shows (metrics, labels, decimals, sections, intro and contact texts, logo)
+comes from its report definition (`definitions`), or the built-in layout when it has none.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Sequence
 from xml.sax.saxutils import escape
 
@@ -40,14 +45,16 @@ from reportlab.platypus import (
 from reporting_pipeline.errors import Issue
 
 from .aggregate import AggregatedReport, local_date
+from .definitions import SECTIONS, ReportDefinition
 from .fonts import FontSet, load_fonts
+from .i18n import N_, Language, language
 from .scripttext import ScriptText, Span
 
 # Attribute validation of chart shapes is a development aid that costs a sixth of the render time;
 # the tests render every layout, so a wrong attribute is caught there (reportlab documents the switch).
 rl_config.shapeChecking = 0
 
-# The report's own English text uses the primary font of the chain (Noto Sans, else DejaVu Sans,
+# The report's own words use the primary font of the chain (Noto Sans, else DejaVu Sans,
 # else Vera), registered with ReportLab under these names on first use, once per process.
 FONT, FONT_BOLD = "ReportSans", "ReportSans-Bold"
 
@@ -59,15 +66,21 @@ HEADER_BACKGROUND = colors.HexColor("#e8eef5")
 PAGE_BACKGROUND = colors.white
 
 MISSING_GLYPH = "missing_glyph"
-NO_DATA_TEXT = "No measurements, notes or photos were recorded for this week."
-HEADER = ["Metric", "Unit", "Entries", "Mean", "Min", "Max", "Change vs last week", "Outside range"]
+# Messages are English msgids, looked up in the report's language when drawn.
+NO_DATA_TEXT = N_("No measurements, notes or photos were recorded for this week.")
+HEADER = [N_("Metric"), N_("Unit"), N_("Entries"), N_("Mean"), N_("Min"), N_("Max"), N_("Change vs last week"),
+          N_("Outside range")]
 
 
-def format_value(value) -> str:
-    """Numbers as the report prints them: one decimal place; a dash when there is none."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_value(value, lang: Language | None = None, decimals: int = 1) -> str:
+    """Numbers as the report prints them: `decimals` places in the report's locale; a dash when there is none."""
+    if _missing(value):
         return "-"
-    return f"{value:.1f}"
+    return (lang or language()).number(value, decimals)
 
 
 def metric_label(metric: str) -> str:
@@ -76,15 +89,36 @@ def metric_label(metric: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def format_change(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "no data last week"
-    return f"{value:+.1f}"
+def format_change(value, lang: Language | None = None, decimals: int = 1) -> str:
+    lang = lang or language()
+    if _missing(value):
+        return lang._("no data last week")
+    return lang.signed(value, decimals)
+
+
+def template_spans(template: str, bold: bool = False, **values: str) -> list[Span]:
+    """A translated message with {placeholders} as spans: the words as they are, each value (data:
+    a trial name, an id) isolated, so a right-to-left name cannot reorder the words around it."""
+    spans, rest = [], template
+    while "{" in rest:
+        before, _, after = rest.partition("{")
+        name, _, rest = after.partition("}")
+        if before:
+            spans.append(Span(before, bold=bold))
+        if values.get(name):
+            spans.append(Span(values[name], bold=bold, isolate=True))
+    if rest:
+        spans.append(Span(rest, bold=bold))
+    return spans
 
 
 def literal(text: str) -> str:
     """Paragraph markup for text that must print exactly as written (no tags, no entities)."""
     return escape(text).replace("\n", "<br/>")
+
+
+# What ReportLab can draw in FONT and FONT_BOLD (regular, bold): the fonts registered first, once per process.
+_DRAWABLE: list[tuple[frozenset[int], frozenset[int]]] = []
 
 
 @lru_cache(maxsize=8)
@@ -97,6 +131,7 @@ def _fonts(font_files: tuple[str, ...] = ()) -> FontSet:
         bold = next(f for f in fonts.bold if not f.is_cff)
         pdfmetrics.registerFont(TTFont(FONT, regular.path, subfontIndex=regular.index))
         pdfmetrics.registerFont(TTFont(FONT_BOLD, bold.path, subfontIndex=bold.index))
+        _DRAWABLE.append((regular.cmap, bold.cmap))
     return fonts
 
 
@@ -125,11 +160,23 @@ def _styles():
 
 
 class _Data:
-    """Builds ScriptText flowables for text from data, and collects what could not be drawn."""
+    """Builds flowables for the report's own words and for text from data, and collects what could not be drawn."""
 
-    def __init__(self, fonts: FontSet, lang: str):
-        self.fonts, self.lang = fonts, lang
+    def __init__(self, fonts: FontSet, lang: str | Language):
+        self.language = lang if isinstance(lang, Language) else language(lang)
+        self.fonts, self.lang = fonts, self.language.tag
+        self.cmaps = _DRAWABLE[0] if _DRAWABLE else (frozenset(), frozenset())
         self.missing: dict[str, set[int]] = {}
+
+    def drawable(self, text: str, bold: bool = False) -> bool:
+        """True when ReportLab's primary font has every character (Paragraph, stringWidth, drawString work)."""
+        return set(map(ord, text)) <= self.cmaps[bold]
+
+    def words(self, text: str, style: ParagraphStyle, ref: str = "report text"):
+        """The report's own words: a Paragraph when the primary font has them all, else ScriptText."""
+        if self.drawable(text, style.fontName == FONT_BOLD):
+            return Paragraph(literal(text), style)
+        return self.text(ref, [Span(text, bold=style.fontName == FONT_BOLD)], style)
 
     def text(self, ref: str, spans: list[Span] | str, style: ParagraphStyle) -> ScriptText:
         """Data alone takes its direction from its first strong character (an Arabic diary entry is
@@ -159,9 +206,10 @@ class _Data:
 class _NumberedCanvas(pdfcanvas.Canvas):
     """Writes 'Page X of Y' once the total is known (pages are buffered until save)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, data: _Data | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._pages = []
+        self._data = data or _Data(_fonts(), "en")
 
     def showPage(self):
         self._pages.append(dict(self.__dict__))
@@ -169,14 +217,28 @@ class _NumberedCanvas(pdfcanvas.Canvas):
 
     def save(self):
         total = len(self._pages)
+        data, lang = self._data, self._data.language
+        confidential = lang._("Confidential: for the named participant only")
         for state in self._pages:
             self.__dict__.update(state)
             self.setFont(FONT, 8)
             self.setFillColor(MUTED_TEXT)
-            self.drawRightString(A4[0] - 18 * mm, 12 * mm, f"Page {self._pageNumber} of {total}")
-            self.drawString(18 * mm, 12 * mm, "Confidential: for the named participant only")
+            page = lang._("Page {page} of {total}", page=lang.integer(self._pageNumber), total=lang.integer(total))
+            self._footer(page, A4[0] - 18 * mm, "right")
+            self._footer(confidential, 18 * mm, "left")
             super().showPage()
         super().save()
+
+    def _footer(self, text: str, x: float, align: str) -> None:
+        if self._data.drawable(text):
+            (self.drawRightString if align == "right" else self.drawString)(x, 12 * mm, text)
+            return
+        # Words the primary font lacks (Japanese): shaped with the fallback fonts, at the same baseline.
+        width = 85 * mm
+        line = ScriptText([Span(text)], self._data.fonts, size=8, leading=10, color=MUTED_TEXT, align=align,
+                          lang=self._data.lang)
+        line.wrap(width, 20)
+        line.drawOn(self, x - width if align == "right" else x, 12 * mm - 0.25 * 10 - (line.height - 10))
 
 
 # The frame's width for content: A4 less the 18 mm margins and the frame's 6 pt padding each side.
@@ -187,15 +249,27 @@ COLUMN_WIDTHS = [38 * mm, 18 * mm, 15 * mm, 16 * mm, 16 * mm, 16 * mm, 27 * mm, 
 CELL_PADDING = 6  # reportlab's default on each side
 
 
-def _cell(text: str, style: ParagraphStyle, column: int):
-    """A number as a plain string when it fits its column (cheap); anything wider wraps in a Paragraph."""
+def _cell(text: str, style: ParagraphStyle, column: int, data: _Data | None = None):
+    """A number as a plain string when it fits its column (cheap); anything wider wraps in a Paragraph
+    (or ScriptText, for words the primary font lacks)."""
+    if data is not None and not data.drawable(text):
+        return data.words(text, style)
     if pdfmetrics.stringWidth(text, style.fontName, style.fontSize) <= COLUMN_WIDTHS[column] - 2 * CELL_PADDING:
         return text
     return Paragraph(literal(text), style)
 
 
+def _metric_text(row, definition: ReportDefinition | None, lang: Language) -> tuple[str, str, int]:
+    """(label, unit, decimals) of a summary row: the definition's, or the built-in ones."""
+    spec = definition.metric(row.metric) if definition else None
+    if spec is None:
+        return metric_label(row.metric), str(row.unit), 1
+    return spec.label(lang.code), spec.unit(lang.code) or str(row.unit), spec.decimals
+
+
 def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
-    rows = [[Paragraph(literal(label), styles["cell_head"]) for label in HEADER]]
+    lang = data.language
+    rows = [[data.words(lang._(label), styles["cell_head"]) for label in HEADER]]
     style = [
         ("FONT", (0, 0), (-1, -1), FONT, 8.5),  # not the default Helvetica: every font is embedded
         ("TEXTCOLOR", (0, 0), (-1, -1), TEXT),
@@ -207,13 +281,15 @@ def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
     for n, row in enumerate(report.summary.itertuples(index=False), start=1):
         number = styles["cell_number"]
         out_of_range = int(row.out_of_range)
+        label, unit, decimals = _metric_text(row, report.definition, lang)
         rows.append([
-            data.text(f"summary row {n} metric", metric_label(row.metric), styles["cell"]),
-            data.text(f"summary row {n} unit", str(row.unit), styles["cell"]),
-            *(_cell(text, number, col) for col, text in enumerate(
-                (str(int(row.count)), format_value(row.mean), format_value(row.min), format_value(row.max),
-                 format_change(row.change)), start=2)),
-            _cell(str(out_of_range), styles["cell_alert"] if out_of_range else number, 7),
+            data.text(f"summary row {n} metric", label, styles["cell"]),
+            data.text(f"summary row {n} unit", unit, styles["cell"]),
+            *(_cell(text, number, col, data) for col, text in enumerate(
+                (lang.integer(int(row.count)), format_value(row.mean, lang, decimals),
+                 format_value(row.min, lang, decimals), format_value(row.max, lang, decimals),
+                 format_change(row.change, lang, decimals)), start=2)),
+            _cell(lang.integer(out_of_range), styles["cell_alert"] if out_of_range else number, 7, data),
         ])
         if out_of_range:
             style.append(("TEXTCOLOR", (7, n), (7, n), ALERT_TEXT))
@@ -222,19 +298,42 @@ def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
     return table
 
 
-def _chart_title(metric: str, unit: str, n: int, styles, data: _Data) -> ScriptText:
-    spans = [Span(metric_label(metric), bold=True, isolate=True)]
-    if unit:
-        spans += [Span(" (", bold=True), Span(str(unit), bold=True, isolate=True), Span(")", bold=True)]
-    spans.append(Span(", daily mean", bold=True))
+def _chart_title(label: str, unit: str, n: int, styles, data: _Data) -> ScriptText:
+    lang = data.language
+    template = lang._("{metric} ({unit}), daily mean") if unit else lang._("{metric}, daily mean")
+    spans = template_spans(template, bold=True, metric=label, unit=str(unit))
     return data.text(f"summary row {n} chart title", spans, styles["chart_title"])
 
 
-def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high) -> Drawing:
+class _Chart(Drawing):
+    """A drawing with text laid over it: axis labels in words the primary font lacks (Japanese weekdays)
+    are ScriptText, which a drawing's String (one font) cannot hold."""
+
+    def __init__(self, width, height, overlays=()):
+        super().__init__(width, height)
+        self.overlays = list(overlays)  # (ScriptText, x, y) with (x, y) the box's bottom left
+
+    def drawOn(self, canvas, x, y, _sW=0):
+        super().drawOn(canvas, x, y, _sW)
+        for text, ox, oy in self.overlays:
+            text.drawOn(canvas, x + ox, y + oy)
+
+
+def _tick_label(lang: Language):
+    """Axis numbers in the report's locale (decimal comma in de/fr/es), only as many decimals as needed."""
+    def label(value: float) -> str:
+        decimals = next((d for d in range(3) if abs(value * 10 ** d - round(value * 10 ** d)) < 1e-6), 2)
+        return lang.plain_number(value, decimals)
+    return label
+
+
+def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high, data: _Data | None = None) -> Drawing:
     """Daily mean of one metric across the seven days of the week, with its reference range.
 
     The title is a flowable above the drawing (`_chart_title`): a drawing's String has one font.
     """
+    data = data or _Data(_fonts(), report.language)
+    lang = data.language
     days = report.week.days
     points = [
         (days.index(row.day), float(row.mean))
@@ -242,7 +341,7 @@ def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high) 
         if row.day in days
     ]
     width, height = 170 * mm, 48 * mm - 12
-    drawing = Drawing(width, height)
+    drawing = _Chart(width, height)
     drawing.initialFontName, drawing.initialFontSize = FONT, 7  # not Helvetica: every font is embedded
     plot = LinePlot()
     plot.x, plot.y, plot.width, plot.height = 30, 18, width - 50, height - 26
@@ -255,7 +354,20 @@ def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high) 
     plot.yValueAxis.valueMin, plot.yValueAxis.valueMax = low - pad, high + pad
     plot.xValueAxis.valueMin, plot.xValueAxis.valueMax = -0.3, 6.3
     plot.xValueAxis.valueSteps = list(range(7))
-    plot.xValueAxis.labelTextFormat = lambda i: days[int(round(i))].strftime("%a %d") if 0 <= round(i) < 7 else ""
+    day_labels = [lang.day_short(day) for day in days]
+    if all(data.drawable(label) for label in day_labels):
+        plot.xValueAxis.labelTextFormat = lambda i: day_labels[int(round(i))] if 0 <= round(i) < 7 else ""
+    else:
+        plot.xValueAxis.labelTextFormat = lambda i: ""
+        span = plot.xValueAxis.valueMax - plot.xValueAxis.valueMin
+        for i, label in enumerate(day_labels):
+            text = data.text(f"chart day {i + 1}", label, ParagraphStyle("axis", fontName=FONT, fontSize=7, leading=9,
+                                                                          textColor=TEXT))
+            text.align = "center"
+            text.wrap(60, 20)
+            center = plot.x + (i - plot.xValueAxis.valueMin) / span * plot.width
+            drawing.overlays.append((text, center - 30, plot.y - 5 - text.height))
+    plot.yValueAxis.labelTextFormat = _tick_label(lang)
     for axis in (plot.xValueAxis, plot.yValueAxis):
         axis.labels.fontName, axis.labels.fontSize, axis.labels.fillColor = FONT, 7, TEXT
     drawing.add(plot)
@@ -265,17 +377,25 @@ def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high) 
             drawing.add(Line(plot.x, y, plot.x + plot.width, y, strokeColor=colors.HexColor("#c77700"),
                              strokeDashArray=[3, 2], strokeWidth=0.6))
     if not points:
-        drawing.add(String(plot.x + 10, plot.y + plot.height / 2, "no entries", fontName=FONT, fontSize=8,
-                           fillColor=TEXT))
+        empty = lang._("no entries")
+        if data.drawable(empty):
+            drawing.add(String(plot.x + 10, plot.y + plot.height / 2, empty, fontName=FONT, fontSize=8,
+                               fillColor=TEXT))
+        else:
+            text = data.text("chart no entries", empty, ParagraphStyle("empty", fontName=FONT, fontSize=8, leading=10,
+                                                                       textColor=TEXT))
+            text.wrap(200, 20)
+            drawing.overlays.append((text, plot.x + 10, plot.y + plot.height / 2 - 2.5))
     return drawing
 
 
-def _photos(report: AggregatedReport, styles) -> Table:
+def _photos(report: AggregatedReport, styles, data: _Data | None = None) -> Table:
+    data = data or _Data(_fonts(), report.language)
     cells = []
     for thumb in report.thumbnails:
         scale = min(52 * mm / thumb.width, 52 * mm / thumb.height)
         image = Image(io.BytesIO(thumb.jpeg), width=thumb.width * scale, height=thumb.height * scale)
-        caption = Paragraph(f"{local_date(thumb.recorded_at, report.timezone):%a %d %b}", styles["small"])
+        caption = data.words(data.language.date_short(local_date(thumb.recorded_at, report.timezone)), styles["small"])
         cells.append([image, caption])
     rows = [cells[i:i + 3] for i in range(0, len(cells), 3)]
     rows[-1] += [""] * (3 - len(rows[-1]))
@@ -293,69 +413,109 @@ def render_report(report: AggregatedReport) -> tuple[bytes, int]:
     return pdf, pages
 
 
-def render_report_checked(report: AggregatedReport, *, lang: str = "en",
+def render_report_checked(report: AggregatedReport, *, lang: str | None = None,
                           font_files: Sequence[str] = ()) -> tuple[bytes, int, list[Issue]]:
     """Render the PDF; returns (bytes, page count, issues). Same input, same bytes.
 
     `issues` holds one `missing_glyph` Issue (stage 'render') per item with characters that no
     report font has, e.g. an emoji: the ref names the item (the diary note's file id,
     'trial_name', 'summary row 2 unit'), the message the code points, never the text.
-    `lang` is the document language (PDF /Lang, and the language text is shaped for);
+    `lang` is the report's language (its words and formats, PDF /Lang, the language text is shaped
+    for); by default the one the report was aggregated for (`report.language`).
     `font_files` are font files tried before the built-in fallback chain ('file.ttc#N' for face N).
     """
     fonts = _fonts(tuple(font_files))
-    data = _Data(fonts, lang)
+    data = _Data(fonts, lang or report.language)
+    words = data.language
     styles = _styles()
+    definition = report.definition
     week = report.week
-    title = f"Weekly report: {report.trial_name}"
-    story = [
-        data.text("trial_name", [Span("Weekly report: ", bold=True), Span(report.trial_name, bold=True, isolate=True)],
+    title = words._("Weekly report: {trial}", trial=report.trial_name)
+    story = []
+    if report.logo is not None:
+        scale = min(60 * mm / report.logo.width, 14 * mm / report.logo.height)
+        story += [Image(io.BytesIO(report.logo.png), width=report.logo.width * scale,
+                        height=report.logo.height * scale, hAlign="LEFT"), Spacer(1, 3 * mm)]
+    week_line = words._("Week of {week}", week=words.week_range(week.monday, week.sunday))
+    story += [
+        data.text("trial_name", template_spans(words._("Weekly report: {trial}"), bold=True, trial=report.trial_name),
                   styles["title"]),
-        data.text("participant_id", [Span("Participant "), Span(report.participant_id, bold=True, isolate=True),
-                                     Span(f"\nWeek of {week.label()}")], styles["subtitle"]),
-        Spacer(1, 6 * mm),
+        data.text("participant_id", template_spans(words._("Participant {participant}"),
+                                                   participant=report.participant_id)
+                  + [Span(f"\n{week_line}")], styles["subtitle"]),
     ]
+    if definition and definition.intro:
+        story += [Spacer(1, 3 * mm), data.text("intro", definition.intro[words.code], styles["body"])]
+    story.append(Spacer(1, 6 * mm))
     if not report.has_data:
-        story += [Paragraph("Nothing recorded this week", styles["h2"]), Paragraph(NO_DATA_TEXT, styles["body"])]
+        story += [data.words(words._("Nothing recorded this week"), styles["h2"]),
+                  data.words(words._(NO_DATA_TEXT), styles["body"])]
     else:
-        story += [
-            Paragraph("Summary", styles["h2"]),
-            Paragraph(f"Days with entries: {report.adherence_days} of 7. "
-                      f"Measurements this week: {report.record_count}.", styles["body"]),
-            Spacer(1, 3 * mm),
-        ]
-        if not report.summary.empty:
-            story += [_summary_table(report, styles, data), Paragraph("Charts", styles["h2"])]
-            for n, row in enumerate(report.summary.itertuples(index=False), start=1):
-                story += [KeepTogether([_chart_title(row.metric, row.unit, n, styles, data),
-                                        _chart(report, row.metric, row.unit, row.ref_low, row.ref_high)]),
-                          Spacer(1, 3 * mm)]
-        if report.thumbnails:
-            story.append(KeepTogether([Paragraph("Photos", styles["h2"]), _photos(report, styles)]))
-        if report.excerpts:
-            for i, excerpt in enumerate(report.excerpts):
-                block = [
-                    Paragraph(f"{local_date(excerpt.recorded_at, report.timezone):%A %d %B}", styles["small"]),
-                    data.text(excerpt.file_id, excerpt.text, styles["body"]),
-                    Spacer(1, 2 * mm),
-                ]
-                # The heading stays with the first entry instead of ending a page alone.
-                story.append(KeepTogether(([Paragraph("Diary", styles["h2"])] if i == 0 else []) + block))
+        for section in (definition.sections if definition else SECTIONS):
+            story += _section(section, report, styles, data)
     if report.issues:
-        story += [Spacer(1, 4 * mm), Paragraph(
-            f"{len(report.issues)} item(s) could not be included in this report; the study team has been notified.",
-            styles["small"])]
+        story += [Spacer(1, 4 * mm), data.words(words.n_(
+            "{n} item could not be included in this report; the study team has been notified.",
+            "{n} items could not be included in this report; the study team has been notified.",
+            len(report.issues)), styles["small"])]
+    if definition and definition.contact:
+        story += [Spacer(1, 4 * mm), KeepTogether([data.words(words._("Contact"), styles["h2"]),
+                                                    data.text("contact", definition.contact[words.code],
+                                                              styles["body"])])]
     out = io.BytesIO()
     doc = SimpleDocTemplate(
         out,
         pagesize=A4,
         leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm, bottomMargin=20 * mm,
         title=title,
+        # Which approved definition rendered it, for audits of the PDF alone (the `reports` record has it too).
+        subject=(f"Report definition {definition.trial_id} version {definition.version}" if definition
+                 else "Built-in report layout (no report definition)"),
         author="Clinical trial reporting",
-        lang=lang,
+        lang=data.lang,
         displayDocTitle=True,  # viewers show the title, not the file name, in the window title
         initialFontName=FONT,  # else every page declares Helvetica, a font that is not embedded
         invariant=1,  # fixed creation date and document id: a rerun yields identical bytes
     )
-    doc.build(story, canvasmaker=_NumberedCanvas)
+    doc.build(story, canvasmaker=partial(_NumberedCanvas, data=data))
     return out.getvalue(), doc.page, data.issues()
+
+
+def _section(section: str, report: AggregatedReport, styles, data: _Data) -> list:
+    """The flowables of one section (summary, charts, photos, diary); none when it has nothing to show."""
+    words = data.language
+    if section == "summary":
+        return [
+            data.words(words._("Summary"), styles["h2"]),
+            data.words(words._("Days with entries: {days} of {total}. Measurements this week: {count}.",
+                               days=words.integer(report.adherence_days), total=words.integer(7),
+                               count=words.integer(report.record_count)), styles["body"]),
+            Spacer(1, 3 * mm),
+            *([_summary_table(report, styles, data)] if not report.summary.empty else []),
+        ]
+    if section == "charts":
+        if report.summary.empty:
+            return []
+        out = [data.words(words._("Charts"), styles["h2"])]
+        for n, row in enumerate(report.summary.itertuples(index=False), start=1):
+            label, unit, _ = _metric_text(row, report.definition, words)
+            out += [KeepTogether([_chart_title(label, unit, n, styles, data),
+                                  _chart(report, row.metric, unit, row.ref_low, row.ref_high, data)]),
+                    Spacer(1, 3 * mm)]
+        return out
+    if section == "photos":
+        if not report.thumbnails:
+            return []
+        return [KeepTogether([data.words(words._("Photos"), styles["h2"]), _photos(report, styles, data)])]
+    if section == "diary":
+        out = []
+        for i, excerpt in enumerate(report.excerpts):
+            block = [
+                data.words(words.date_long(local_date(excerpt.recorded_at, report.timezone)), styles["small"]),
+                data.text(excerpt.file_id, excerpt.text, styles["body"]),
+                Spacer(1, 2 * mm),
+            ]
+            # The heading stays with the first entry instead of ending a page alone.
+            out.append(KeepTogether(([data.words(words._("Diary"), styles["h2"])] if i == 0 else []) + block))
+        return out
+    raise ValueError(f"unknown report section {section!r}")

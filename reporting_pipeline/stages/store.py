@@ -26,6 +26,14 @@ def recorded_at_of(metadata: dict) -> datetime | None:
         return None
 
 
+# Object metadata of a report: what its record says about how it was rendered.
+LANGUAGE_META, DEFINITION_META = "language", "definition-version"
+
+
+def report_metadata(language: str, definition_version: str | None) -> dict[str, str]:
+    return {LANGUAGE_META: language, **({DEFINITION_META: definition_version} if definition_version else {})}
+
+
 def report_key(week_key: str, shard_id: str, subscription_id: str) -> str:
     """Deterministic object key: a rerun of the same (subscription, week) overwrites only itself."""
     return f"reports/{week_key}/{shard_id}/{subscription_id}.pdf"
@@ -93,13 +101,19 @@ def store_report(
     pdf: bytes,
     pages: int,
     registered: bool = True,
+    language: str = "en",
+    definition_version: str | None = None,
 ) -> dict:
     """Upload one rendered report (encrypted), then upsert its `reports` record.
 
     `registered=False` says no `reports` record exists yet, so the object is not looked for first.
+    `language` (the BCP 47 tag it is written in; its email follows it) and `definition_version` (the
+    trial's report definition that rendered it, None for the built-in layout) go on the record, and
+    on the object's metadata, so that a record rebuilt from the object keeps them.
     """
     key = report_key(week_key, shard_id, subscription_id)
-    written = put_if_changed(s3, bucket, key, pdf, PDF, encryption, look_first=registered)
+    written = put_if_changed(s3, bucket, key, pdf, PDF, encryption, look_first=registered,
+                             metadata=report_metadata(language, definition_version))
     now = datetime.now(UTC)
     doc = {
         "subscription_id": subscription_id,
@@ -109,6 +123,8 @@ def store_report(
         "sha256": sha256_hex(pdf),
         "size": len(pdf),
         "pages": pages,
+        "language": language,
+        "definition_version": definition_version,
     }
     # rendered_at follows the object's age (what S3 lifecycle expiry counts from): it moves only
     # when new bytes were written, so a link is never promised past the object's deletion.

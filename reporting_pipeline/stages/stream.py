@@ -61,6 +61,8 @@ class Built:
     files: int
     has_data: bool
     issues: list[Issue] = field(default_factory=list)
+    language: str = "en"  # the language it was rendered in: its email is written in it too
+    definition_version: str | None = None  # the report definition that rendered it (None: built-in)
 
 
 @dataclass
@@ -110,7 +112,8 @@ def build_chunk(job: BuildJob, bundles: list[SubscriberWeek]) -> list[Built | Fa
         pdf, pages, drawn_with_replacements = rendered  # characters no report font has: visible, and recorded
         out.append(Built(bundle.subscription_id, bundle.week_key, bundle.shard_id, pdf, pages,
                          files=len(bundle.files), has_data=report.has_data,
-                         issues=list(report.issues) + drawn_with_replacements))
+                         issues=list(report.issues) + drawn_with_replacements,
+                         language=report.language, definition_version=report.definition_version))
     return out
 
 
@@ -161,7 +164,8 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, results
     def store(item: Built):
         call_with_retry(lambda: store_report(
             db, s3, bucket, encryption, subscription_id=item.subscription_id, week_key=item.week_key,
-            shard_id=item.shard_id, pdf=item.pdf, pages=item.pages,
+            shard_id=item.shard_id, pdf=item.pdf, pages=item.pages, language=item.language,
+            definition_version=item.definition_version,
             registered=(item.subscription_id, item.week_key) in registered))
 
     with ThreadPoolExecutor(max(1, min(io_threads, len(built)))) as pool:

@@ -62,7 +62,7 @@ def test_email_carries_link_and_expiry_but_no_health_data():
     parsed = message_from_string(msg.as_string(), policy=default_policy)
     body = parsed.get_body(("plain",)).get_content()
     assert parsed["Subject"] == SUBJECT
-    assert "https://s3/x?X-Amz-Expires=1" in body and "30 Nov 2026 at 09:00 UTC" in body
+    assert "https://s3/x?X-Amz-Expires=1" in body and "Nov 30, 2026, 9:00\u202fAM UTC" in body
     assert "https://u" in body
     assert parsed["Message-ID"] == message_id("sub_1", week.key, "reports@example.org")
     assert parsed["Message-ID"].endswith("@example.org>")
@@ -186,7 +186,7 @@ def test_the_email_is_plain_text_with_an_html_alternative_carrying_the_same_link
     assert outline.lang == "en"
     # Nothing fetched on opening: no images (tracking pixels), scripts, frames or stylesheets.
     assert not {"img", "script", "iframe", "link", "object", "embed", "style"} & set(outline.tags)
-    assert "30 Nov 2026 at 09:00 UTC" in html and "16 Nov 2026" in html
+    assert "Nov 30, 2026, 9:00\u202fAM UTC" in html and "Nov 16\u2009\u2013\u200922, 2026" in html
 
 
 SELECTOR, DKIM_DOMAIN = "mail2026", "trial-reports.example.org"
@@ -235,7 +235,8 @@ def test_signed_email_verifies_as_received_and_covers_the_unsubscribe_headers(sm
     (b"List-Unsubscribe: <https://api.trial-reports.example.org/", b"List-Unsubscribe: <https://evil.example.com/"),
     (b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: List-Unsubscribe=Nope"),
     (b"Subject: Your weekly", b"Subject: Urgent: your weekly"),
-    (b"X-Amz-Signature=5d", b"X-Amz-Signature=6d"),  # the body's link
+    # The body's link (a prefix short enough to stay whole in a quoted-printable line).
+    (b"https://s3.eu-west-1.amazonaws.com/clinical-reports/", b"https://s3.eu-west-1.amazonaws.com/evil-reports/"),
 ])
 def test_changing_a_signed_part_breaks_the_signature(smtp_server, dkim_key, original, forged):
     pem, txt = dkim_key

@@ -20,7 +20,22 @@ from .dkim_sign import DkimSigner, signer_for
 # limit. At the default 78, Python "folds" a long URL in List-Unsubscribe (it has no whitespace to fold
 # at) into RFC 2047 encoded-words, which RFC 2369 does not allow and receivers do not decode there.
 MAX_LINE_LENGTH = 998
-WIRE_POLICY = email.policy.SMTP.clone(max_line_length=MAX_LINE_LENGTH)
+# RFC 2047: an encoded-word is at most 75 characters. Headers that need them (a subject in German or
+# Japanese) are folded at 76, which keeps every encoded-word within that; the rest at 998.
+ENCODED_WORD_LINE_LENGTH = 76
+# RFC 2045: quoted-printable and base64 body lines are at most 76 characters.
+BODY_POLICY = email.policy.SMTP
+
+
+class _WirePolicy(email.policy.EmailPolicy):
+    def _fold(self, name, value, refold_binary=False):
+        if not str(value).isascii():
+            return email.policy.EmailPolicy._fold(self.clone(max_line_length=ENCODED_WORD_LINE_LENGTH), name, value,
+                                                  refold_binary)
+        return super()._fold(name, value, refold_binary)
+
+
+WIRE_POLICY = _WirePolicy(linesep="\r\n", max_line_length=MAX_LINE_LENGTH)
 # Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
 _EMAIL_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"

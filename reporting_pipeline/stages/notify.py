@@ -7,6 +7,7 @@ lease before sending and marked sent afterwards, so a retried or doubled run nev
 from __future__ import annotations
 
 import hashlib
+import quopri
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from reporting_pipeline.operations.dead_letters import record_dead_letter, resol
 from reporting_pipeline.operations.retain import report_expires_at
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.mail import (
+    BODY_POLICY,
     MAX_LINE_LENGTH,
     WIRE_POLICY,
     Pacer,
@@ -36,9 +38,11 @@ from reporting_pipeline.services.retry import Breaker, call_with_retry
 from reporting_pipeline.settings import MAX_LINK_TTL_HOURS
 from reporting_pipeline.weeks import Week
 
+from .i18n import N_, Language, language
 from .subscribe import issue_unsubscribe_token
 
-SUBJECT = "Your weekly report is ready"
+# English msgid; each email is in its report's language (the `language` its `reports` record carries).
+SUBJECT = N_("Your weekly report is ready")
 # Printable ASCII but the angle brackets that delimit the URI in List-Unsubscribe.
 _HEADER_URI_RE = re.compile(r"[!-;=?-~]+")
 @dataclass
@@ -82,47 +86,87 @@ def list_unsubscribe(url: str) -> str:
 
 
 def compose_email(
-    *, to: str, email_from: str, link: str, expires_at: datetime, week: Week, msg_id: str, unsubscribe_url: str
+    *, to: str, email_from: str, link: str, expires_at: datetime, week: Week, msg_id: str, unsubscribe_url: str,
+    lang: str = "en",
 ) -> EmailMessage:
-    """The notification, as plain text and as HTML: a greeting, the link and its expiry. No health data,
-    no trial name."""
+    """The notification in language `lang` (the report's), as plain text and as HTML: a greeting, the
+    link and its expiry. No health data, no trial name: the subject and body are the same for every trial.
+
+    A subject outside ASCII goes out as RFC 2047 encoded-words; a body outside ASCII as UTF-8 in
+    quoted-printable or base64 (whichever is shorter), never as raw 8-bit a relay could refuse.
+    """
+    words = language(lang)
     message = EmailMessage(policy=WIRE_POLICY)
-    message["Subject"] = SUBJECT
+    message["Subject"] = _subject(words)
     message["From"] = email_from
     message["To"] = to
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = msg_id
-    expiry = expires_at.astimezone(UTC).strftime("%d %b %Y at %H:%M UTC")
+    expiry = words.moment_utc(expires_at.astimezone(UTC))
+    week_label = words.week_range(week.monday, week.sunday)
     # RFC 8058 one-click unsubscribe: mail clients show an Unsubscribe button that POSTs to the URL.
     message["List-Unsubscribe"] = list_unsubscribe(unsubscribe_url)
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(_plain_body(week.label(), link, expiry, unsubscribe_url))
-    message.add_alternative(_html_body(week.label(), link, expiry, unsubscribe_url), subtype="html")
+    _set_body(message, _plain_body(words, week_label, link, expiry, unsubscribe_url), "plain")
+    _set_body(message, _html_body(words, week_label, link, expiry, unsubscribe_url), "html")
     return message
 
 
-def _plain_body(week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
-    # The link stays on the line after "Download it here": the demo and the outbox reader look for it there.
+def _set_body(message: EmailMessage, text: str, subtype: str) -> None:
+    """Add a text part. An encoded one is made under BODY_POLICY: the wire policy's 998-character lines
+    would give base64 and quoted-printable lines longer than RFC 2045's 76."""
+    cte = _body_encoding(text)
+    message.policy = WIRE_POLICY if cte is None else BODY_POLICY
+    try:
+        if subtype == "plain":
+            message.set_content(text, cte=cte)
+        else:
+            message.add_alternative(text, subtype=subtype, cte=cte)
+    finally:
+        message.policy = WIRE_POLICY
+
+
+def _subject(words: Language) -> str:
+    return words._(SUBJECT)
+
+
+def _body_encoding(text: str) -> str | None:
+    """None (7bit) for ASCII; otherwise the shorter of quoted-printable (mostly-Latin text) and base64 (Japanese).
+
+    The wire policy would pick raw 8bit for non-ASCII, which needs 8BITMIME on every relay on the way.
+    """
+    if text.isascii():
+        return None
+    data = text.encode("utf-8")
+    qp = len(quopri.encodestring(data))
+    return "quoted-printable" if qp <= len(data) * 4 // 3 + len(data) // 57 else "base64"
+
+
+def _plain_body(words: Language, week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
+    # The link has a line of its own, the first link of the body: the demo and the outbox reader take it from there.
     return (
-        "Hello,\n\n"
-        f"Your weekly report for the week of {week_label} is ready.\n\n"
-        f"Download it here (the link expires on {expiry}):\n{link}\n\n"
-        "The link is personal; please do not forward this email.\n\n"
-        f"To stop receiving these emails, unsubscribe here:\n{unsubscribe_url}\n"
+        f"{words._('Hello,')}\n\n"
+        f"{words._('Your weekly report for the week of {week} is ready.', week=week_label)}\n\n"
+        f"{words._('Download it here (the link expires on {expiry}):', expiry=expiry)}\n{link}\n\n"
+        f"{words._('The link is personal; please do not forward this email.')}\n\n"
+        f"{words._('To stop receiving these emails, unsubscribe here:')}\n{unsubscribe_url}\n"
     )
 
 
-def _html_body(week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
+def _html_body(words: Language, week_label: str, link: str, expiry: str, unsubscribe_url: str) -> str:
     """The same text as HTML: no images, scripts or styles to fetch, so nothing tracks the reader."""
     e = partial(escape, quote=True)
+    download = f'<a href="{e(link)}">{e(words._("Download your report"))}</a>'
+    unsubscribe = f'<a href="{e(unsubscribe_url)}">{e(words._("unsubscribe here"))}</a>'
     return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{e(SUBJECT)}</title>\n</head>\n<body>\n"
-        "<p>Hello,</p>\n"
-        f"<p>Your weekly report for the week of {e(week_label)} is ready.</p>\n"
-        f'<p><a href="{e(link)}">Download your report</a> (the link expires on {e(expiry)}).</p>\n'
-        "<p>The link is personal; please do not forward this email.</p>\n"
-        f'<p>To stop receiving these emails, <a href="{e(unsubscribe_url)}">unsubscribe here</a>.</p>\n'
+        f'<!DOCTYPE html>\n<html lang="{e(words.tag)}">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{e(_subject(words))}</title>\n</head>\n<body>\n"
+        f"<p>{e(words._('Hello,'))}</p>\n"
+        f"<p>{e(words._('Your weekly report for the week of {week} is ready.', week=week_label))}</p>\n"
+        # The link is markup put into the translated sentence after escaping it, not escaped with it.
+        f"<p>{e(words._('{link} (the link expires on {expiry}).', link='{link}', expiry=expiry)).replace('{link}', download)}</p>\n"
+        f"<p>{e(words._('The link is personal; please do not forward this email.'))}</p>\n"
+        f"<p>{e(words._('To stop receiving these emails, {unsubscribe}.', unsubscribe='{unsubscribe}')).replace('{unsubscribe}', unsubscribe)}</p>\n"
         "</body>\n</html>\n"
     )
 
@@ -280,8 +324,9 @@ def deliver_shard(
                     expires_at = datetime.now(UTC) + link_lifetime
                     link = presigned_get_url(s3, bucket, report["s3_key"], int(link_lifetime.total_seconds()))
                     token = call_with_retry(lambda: issue_unsubscribe_token(db, sub_id))
+                    # In the language the report was rendered in (older reports have none: English).
                     message = compose_email(to=address, email_from=smtp.email_from, link=link, expires_at=expires_at,
-                                            week=week, msg_id=msg_id,
+                                            week=week, msg_id=msg_id, lang=report.get("language") or "en",
                                             unsubscribe_url=f"{unsubscribe_url.rstrip('/')}/{token}")
                     # Safe to retry: a transient SMTP failure (4xx, refused connection) means not accepted.
                     call_with_retry(lambda: session.send(message))

@@ -1,4 +1,4 @@
-"""Command line: `reporting-pipeline demo|dev|outbox|seed|subscriptions|api|status|dead-letters|reconcile|retention`."""
+"""Command line: `reporting-pipeline demo|dev|outbox|seed|subscriptions|trials|api|status|dead-letters|reconcile|retention`."""
 
 from __future__ import annotations
 
@@ -102,6 +102,78 @@ def _subscriptions(args) -> int:
     except subs.SubscriptionError as error:
         print(f"refused ({error.code}): {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def load_definition_file(path: str):
+    """A definition file's content (JSON or YAML), or raises ValueError saying why it cannot be read."""
+    import yaml
+
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the file: {error}") from None
+    try:
+        # YAML is a superset of JSON: one loader reads both.
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid JSON or YAML: {str(error).splitlines()[0]}") from None
+
+
+def _trials(args) -> int:
+    """`trials validate FILE` checks a report definition; `trials put FILE` checks and stores it on its trial."""
+    from reporting_pipeline.stages.definitions import validate_definition
+
+    try:
+        doc = load_definition_file(args.file)
+    except ValueError as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return 1
+    definition, errors = validate_definition(doc)
+    for error in errors:
+        print(f"{args.file}: {error}", file=sys.stderr)
+    if errors:
+        print(f"{args.file}: {len(errors)} problem(s); the definition is not valid", file=sys.stderr)
+        return 1
+    summary = (f"trial {definition.trial_id}, version {definition.version}, languages "
+               f"{', '.join(sorted(definition.languages))}, {len(definition.metrics)} metric(s)")
+    if args.action == "validate":
+        print(f"{args.file}: valid report definition ({summary})")
+        return 0
+    return _put_definition(args, doc, definition, summary)
+
+
+def _put_definition(args, doc: dict, definition, summary: str) -> int:
+    from datetime import UTC, datetime
+
+    from botocore.exceptions import ClientError
+
+    from reporting_pipeline.services import mongo
+    from reporting_pipeline.services.objectstore import is_not_found
+
+    db = database(args.settings)
+    trial = db[mongo.TRIALS].find_one({"_id": definition.trial_id}, {"report_definition": 1})
+    if trial is None:
+        print(f"{args.file}: no trial {definition.trial_id!r} in the trials collection", file=sys.stderr)
+        return 1
+    stored = trial.get("report_definition") or {}
+    # Reports record the version that rendered them: one version must always mean one content.
+    if str(stored.get("version")) == definition.version and stored != doc:
+        print(f"{args.file}: version {definition.version} is stored already with other content; "
+              "give the changed definition a new version", file=sys.stderr)
+        return 1
+    if definition.logo:
+        s3, bucket, _ = storage(args.settings)
+        try:
+            s3.head_object(Bucket=bucket, Key=definition.logo)
+        except ClientError as error:
+            if not is_not_found(error):
+                raise
+            print(f"{args.file}: logo: no object at key {definition.logo} in bucket {bucket}", file=sys.stderr)
+            return 1
+    db[mongo.TRIALS].update_one({"_id": definition.trial_id}, {"$set": {
+        "report_definition": doc, "report_definition_updated_at": datetime.now(UTC)}})
+    print(f"stored report definition ({summary})")
     return 0
 
 
@@ -238,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     a = actions.add_parser("remove")
     a.add_argument("id")
     p.set_defaults(func=_subscriptions)
+    p = sub.add_parser("trials", help="check or store a trial's report definition (JSON or YAML)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("validate", help="print each problem with its field path; exit 1 if there is one")
+    a.add_argument("file")
+    a.set_defaults(needs_settings=False)  # a check of a file: no database, no environment
+    a = actions.add_parser("put", help="validate, then store it on its trial's document")
+    a.add_argument("file")
+    p.set_defaults(func=_trials)
     p = sub.add_parser("api", help="serve the subscription API (JWT_SECRET or JWT_PUBLIC_KEY required)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -249,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in LOCAL_COMMANDS.items():
         sub.add_parser(name, help=help_text)  # listed here; `reporting-pipeline NAME --help` tells the rest
     args = parser.parse_args(argv)
-    args.settings = settings_from_env()
-    if args.settings is None:
-        return 2
+    if getattr(args, "needs_settings", True):
+        args.settings = settings_from_env()
+        if args.settings is None:
+            return 2
     return args.func(args)
 
 

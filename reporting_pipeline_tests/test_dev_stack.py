@@ -20,6 +20,8 @@ import pytest
 
 from reporting_pipeline.local.embedded import free_port
 from reporting_pipeline.sharding import shard_of
+from reporting_pipeline.stages.i18n import language
+from reporting_pipeline.stages.notify import SUBJECT
 from reporting_pipeline.weeks import last_complete_week
 
 pytestmark = [
@@ -254,8 +256,9 @@ def test_partition_run_is_emailed_by_the_sensor_with_a_working_link(stack):
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     for entry in entries:
         message = email.message_from_bytes(entry.path.read_bytes(), policy=email.policy.default)
-        assert message["Subject"] == entry.subject == "Your weekly report is ready"
         report = db.reports.find_one({"subscription_id": addresses[entry.to], "week": week})
+        # In the language the report was rendered in (the seed's participants have various locales).
+        assert message["Subject"] == entry.subject == language(report["language"])._(SUBJECT)
         assert entry.link.startswith(f"{stack.s3_url}/{BUCKET}/") and "X-Amz-Signature=" in entry.link
         with urllib.request.urlopen(entry.link, timeout=30) as response:
             data = response.read()

@@ -13,6 +13,8 @@ from reporting_pipeline.local.demo import run_weekly_cycle
 from reporting_pipeline.local.seed import seed
 from reporting_pipeline.services import mongo
 from reporting_pipeline.sharding import shard_of
+from reporting_pipeline.stages.definitions import definition_of_trial
+from reporting_pipeline.stages.i18n import language
 from reporting_pipeline.stages.notify import SUBJECT
 from reporting_pipeline.stages.store import store_file
 from reporting_pipeline.weeks import Week
@@ -24,8 +26,13 @@ WEEK = Week.from_key(LAST_WEEK, "UTC")
 
 
 def link_of(message) -> str:
+    """The report's link: the first of the body, on a line of its own, in every language."""
     body = message.get_body(("plain",)).get_content()
-    return re.search(r"Download it here[^\n]*\n(\S+)", body).group(1)
+    return re.search(r"^(https?://\S+)\r?$", body, re.M).group(1)
+
+
+def folded(text: str) -> str:
+    return " ".join(text.split())
 
 
 def download(url: str) -> bytes:
@@ -74,8 +81,8 @@ def test_every_subscriber_gets_exactly_one_email_whose_link_downloads_their_repo
     assert sorted(m["To"] for m in messages) == enrollment_emails  # everyone, once
     assert Counter(rcpt for _, rcpts in pipeline.outbox.envelopes for rcpt in rcpts).most_common(1)[0][1] == 1
 
+    languages = Counter()
     for message in messages:
-        assert message["Subject"] == SUBJECT
         link = link_of(message)
         query = parse_qs(urlparse(link).query)
         assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Expires"] == [str(72 * 3600)]
@@ -83,32 +90,41 @@ def test_every_subscriber_gets_exactly_one_email_whose_link_downloads_their_repo
         report = pipeline.db[mongo.REPORTS].find_one({"s3_key": key})
         sub = subscriptions[report["subscription_id"]]
         assert sub["email"] == message["To"]
+        words = language(report["language"])
+        languages[report["language"]] += 1
+        assert message["Subject"] == words._(SUBJECT)  # the email is in the report's language
         raw_email = message.as_string()
         trial = pipeline.db[mongo.TRIALS].find_one({"_id": sub["trial_id"]})
-        for phi in (sub["participant_id"], trial["name"], "systolic", "glucose", "weight", "heart"):
-            assert phi not in raw_email
+        definition = definition_of_trial(trial)
+        assert report["definition_version"] == definition.version
+        labels = [label for m in definition.metrics for label in m.labels.values()]
+        for phi in (sub["participant_id"], trial["name"], "systolic", "glucose", "weight", "heart", *labels):
+            assert phi not in raw_email and phi not in message.get_body(("plain",)).get_content()
 
         data = download(link)
         assert hashlib.sha256(data).hexdigest() == report["sha256"] and len(data) == report["size"]
         assert pipeline.s3.head_object(Bucket=pipeline.bucket, Key=key)["ServerSideEncryption"] == "AES256"
         text = pdf_text(data)
         assert sub["participant_id"] in text and trial["name"] in text
-        assert "16 Nov 2026" in text and "22 Nov 2026" in text
+        assert folded(words.week_range(WEEK.monday, WEEK.sunday)) in text
         stats = week_stats(pipeline.db, sub["trial_id"], sub["participant_id"])
         assert stats, "seeded participants have measurements every week"
-        for count, mean, low, high in stats.values():
-            for value in (f"{mean:.1f}", f"{low:.1f}", f"{high:.1f}"):
-                assert value in text
+        for metric, (count, mean, low, high) in stats.items():
+            decimals = definition.metric(metric).decimals  # as the trial's definition prints it, in its locale
+            for value in (mean, low, high):
+                assert words.number(value, decimals) in text
         photos = pipeline.db[mongo.FILES].count_documents({
             "participant_id": sub["participant_id"], "kind": "image",
             "recorded_at": {"$gte": WEEK.start_utc, "$lt": WEEK.end_utc}})
-        assert pdf_image_count(data) == photos
+        # The photos where the trial's definition shows them, and its logo.
+        assert pdf_image_count(data) == (photos if "photos" in definition.sections else 0) + bool(definition.logo)
 
     rendered = sum(
         rec.asset_materialization.metadata["rendered"].value
         for rec in instance.fetch_materializations(AssetKey("report_pdfs"), limit=100).records
     )
     assert rendered == 24
+    assert len(languages) >= 3, languages  # the seed's locales and its two trials' approved languages
 
 
 def test_running_the_same_partitions_again_sends_nothing_and_writes_nothing_new(pipeline, instance):
@@ -183,5 +199,10 @@ def test_bad_input_is_recorded_specifically_and_everyone_else_is_served(pipeline
         text = pdf_text(download(link_of(message)))
         assert sub["participant_id"] in text
         if sub in subs[:5]:
-            assert "could not be included" in text
+            report = db[mongo.REPORTS].find_one({"subscription_id": sub["_id"]})
+            left_out = db[mongo.DATA_ISSUES].count_documents({"subscription_id": sub["_id"]})
+            assert language(report["language"]).n_(
+                "{n} item could not be included in this report; the study team has been notified.",
+                "{n} items could not be included in this report; the study team has been notified.",
+                left_out) in text
     assert db[mongo.REPORTS].count_documents({}) == 12  # the invalid address still got a stored report

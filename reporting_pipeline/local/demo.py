@@ -122,7 +122,7 @@ def run_demo(subscribers: int, out: Path, now: datetime | None = None, progress=
         reports = {r["s3_key"]: r for r in db[mongo.REPORTS].find({"week": cycle.week})}
         for message in outbox.messages:
             body = message.get_body(("plain",)).get_content()
-            link = LINK_RE.search(body.split("Download it here", 1)[-1]).group(0)
+            link = LINK_RE.search(body).group(0)  # the report's link comes first, in every language
             key = unquote(urlparse(link).path).split("/", 2)[2]
             data = download_link(link)
             if sha256_hex(data) != reports[key]["sha256"]:

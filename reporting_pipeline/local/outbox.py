@@ -72,8 +72,8 @@ class OutboxEntry:
 def _link(message) -> str:
     body = message.get_body(("plain",))
     text = body.get_content() if body is not None else ""
-    # A report email's own link follows "Download it here"; the unsubscribe link comes later.
-    match = LINK_RE.search(text.split("Download it here", 1)[-1]) or LINK_RE.search(text)
+    # A report email's own link is the first of its body, in any language; the unsubscribe link comes later.
+    match = LINK_RE.search(text)
     return match.group(0) if match else ""
 
 

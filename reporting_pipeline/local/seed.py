@@ -34,18 +34,127 @@ METRICS = {
     "weight": ("kg", None, None, 78.0, 0.6),
     "glucose": ("mmol/L", 3.9, 7.8, 6.1, 1.2),
 }
+# Two trials with report definitions of their own: a German one (texts approved in German, English and
+# French, with a logo) and a Japanese one (Japanese, English and Spanish; no photos section).
+CARDIO_DEFINITION = {
+    "schema_version": 1,
+    "trial_id": "TRIAL-CARDIO-01",
+    "version": "2026-10.1",
+    "default_locale": "de-DE",
+    "languages": ["de", "en", "fr"],
+    "metrics": [
+        {"key": "systolic_bp", "unit": "mmHg", "decimals": 0, "reference_range": {"low": 90, "high": 140},
+         "label": {"de": "Blutdruck (systolisch)", "en": "Blood pressure (systolic)",
+                   "fr": "Pression artérielle (systolique)"}},
+        {"key": "heart_rate", "unit": {"de": "Schläge/min", "en": "bpm", "fr": "bpm"}, "decimals": 0,
+         "reference_range": {"low": 50, "high": 100},
+         "label": {"de": "Puls", "en": "Heart rate", "fr": "Fréquence cardiaque"}},
+        {"key": "weight", "unit": "kg", "decimals": 1, "label": {"de": "Körpergewicht", "en": "Body weight",
+                                                                 "fr": "Poids"}},
+    ],
+    "sections": ["summary", "charts", "photos", "diary"],
+    "intro": {
+        "de": "Diese Übersicht zeigt, was Sie in der letzten Woche erfasst haben. Sie ersetzt kein Gespräch "
+              "mit dem Studienteam.",
+        "en": "This overview shows what you recorded last week. It does not replace a conversation with the "
+              "study team.",
+        "fr": "Ce récapitulatif présente vos saisies de la semaine passée. Il ne remplace pas un échange avec "
+              "l’équipe de l’étude.",
+    },
+    "contact": {
+        "de": "Fragen? Rufen Sie Ihre Studienschwester an: +49 30 1234 5678 (Mo.–Fr., 9–16 Uhr).",
+        "en": "Questions? Call your study nurse at +49 30 1234 5678 (Mon–Fri, 9 am–4 pm).",
+        "fr": "Des questions ? Appelez votre infirmière d’étude au +49 30 1234 5678 (lun.–ven., 9 h–16 h).",
+    },
+    "logo": "trials/TRIAL-CARDIO-01/logo.png",
+}
+GLU_DEFINITION = {
+    "schema_version": 1,
+    "trial_id": "TRIAL-GLU-02",
+    "version": "3",
+    "default_locale": "ja-JP",
+    "languages": ["ja", "en", "es"],
+    "metrics": [
+        {"key": "glucose", "unit": "mmol/L", "decimals": 1, "reference_range": {"low": 3.9, "high": 7.8},
+         "label": {"ja": "血糖値", "en": "Blood glucose", "es": "Glucosa en sangre"}},
+        {"key": "weight", "unit": "kg", "decimals": 1, "label": {"ja": "体重", "en": "Body weight", "es": "Peso"}},
+        {"key": "heart_rate", "unit": {"ja": "拍/分", "en": "bpm", "es": "lpm"}, "decimals": 0,
+         "label": {"ja": "脈拍", "en": "Heart rate", "es": "Frecuencia cardiaca"}},
+    ],
+    "sections": ["summary", "charts", "diary"],
+    "intro": {
+        "ja": "先週の記録のまとめです。気になる点は研究チームにご相談ください。",
+        "en": "A summary of what you recorded last week. Please talk to the study team about anything that "
+              "worries you.",
+        "es": "Resumen de lo que registró la semana pasada. Consulte con el equipo del estudio cualquier duda.",
+    },
+    "contact": {
+        "ja": "ご質問は治験コーディネーター（03-1234-5678、平日9時～17時）までお電話ください。",
+        "en": "Questions? Call your study coordinator at +81 3-1234-5678 (weekdays, 9:00–17:00).",
+        "es": "¿Preguntas? Llame a su coordinador del estudio al +81 3-1234-5678 (días laborables, 9:00–17:00).",
+    },
+}
+# (id, name, metrics measured, report definition)
 TRIALS = [
-    ("TRIAL-CARDIO-01", "CARDIO-01 Blood Pressure Study", ["systolic_bp", "heart_rate", "weight"]),
-    ("TRIAL-GLU-02", "GLU-02 Glucose Monitoring Study", ["glucose", "weight", "heart_rate"]),
+    ("TRIAL-CARDIO-01", "CARDIO-01 Blood Pressure Study", ["systolic_bp", "heart_rate", "weight"], CARDIO_DEFINITION),
+    ("TRIAL-GLU-02", "GLU-02 Glucose Monitoring Study", ["glucose", "weight", "heart_rate"], GLU_DEFINITION),
 ]
-DIARY_LINES = [
-    "Slept well, walked 30 minutes after lunch.",
-    "Felt a bit tired in the afternoon; skipped the evening walk.",
-    "Took the morning dose with breakfast. Mild headache <b>before</b> noon & gone by 2pm.",
-    "Busy day at work; ate late. Blood pressure reading felt rushed.",
-    "Cycled to the market. Knee OK. Notes for the nurse: ask about dose timing?",
-    "Weekend trip, measurements taken at the hotel <i>before</i> breakfast.",
-]
+# Participants' locales in turn: each language with a catalog, and some without one (Portuguese, Russian,
+# Arabic, Greek) whose reports fall back to the trial's default language.
+LOCALES = ["en", "de-DE", "ja-JP", "fr-FR", "es-ES", "pt-BR", "ru-RU", "ar-EG", "el-GR"]
+# Diary notes in the participant's own language (and script).
+DIARY_LINES = {
+    "en": [
+        "Slept well, walked 30 minutes after lunch.",
+        "Felt a bit tired in the afternoon; skipped the evening walk.",
+        "Took the morning dose with breakfast. Mild headache <b>before</b> noon & gone by 2pm.",
+        "Busy day at work; ate late. Blood pressure reading felt rushed.",
+        "Cycled to the market. Knee OK. Notes for the nurse: ask about dose timing?",
+        "Weekend trip, measurements taken at the hotel <i>before</i> breakfast.",
+    ],
+    "de": [
+        "Gut geschlafen, nach dem Mittagessen 30 Minuten spazieren gegangen.",
+        "Am Nachmittag etwas müde; den Abendspaziergang ausgelassen.",
+        "Morgendosis mit dem Frühstück genommen. Leichte Kopfschmerzen, um 14 Uhr weg.",
+        "Viel Arbeit, spät gegessen. Die Blutdruckmessung war etwas hektisch.",
+    ],
+    "ja": [
+        "よく眠れた。昼食後に30分散歩した。",
+        "午後は少し疲れた。夜の散歩は休んだ。",
+        "朝の薬を朝食と一緒に飲んだ。軽い頭痛があったが、午後2時には治った。",
+        "仕事が忙しく、夕食が遅くなった。血圧の測定は慌ただしかった。",
+    ],
+    "fr": [
+        "Bien dormi, marché 30 minutes après le déjeuner.",
+        "Un peu fatigué l’après-midi ; pas de promenade le soir.",
+        "Pris la dose du matin au petit-déjeuner. Léger mal de tête, passé vers 14 h.",
+    ],
+    "es": [
+        "Dormí bien, caminé 30 minutos después de comer.",
+        "Algo cansado por la tarde; no salí a caminar.",
+        "Tomé la dosis de la mañana con el desayuno. Dolor de cabeza leve, se pasó a las 14 h.",
+    ],
+    "pt": [
+        "Dormi bem, caminhei 30 minutos depois do almoço.",
+        "Um pouco cansado à tarde; não fiz a caminhada da noite.",
+        "Tomei a dose da manhã com o café. Dor de cabeça leve, passou às 14h.",
+    ],
+    "ru": [
+        "Хорошо спал, гулял 30 минут после обеда.",
+        "Днём немного устал, вечернюю прогулку пропустил.",
+        "Утреннюю дозу принял с завтраком. Лёгкая головная боль, к двум часам прошла.",
+    ],
+    "ar": [
+        "نمت جيدًا، ومشيت ٣٠ دقيقة بعد الغداء.",
+        "شعرت ببعض التعب بعد الظهر؛ لم أمشِ في المساء.",
+        "أخذت جرعة الصباح مع الفطور. صداع خفيف زال بحلول الثانية.",
+    ],
+    "el": [
+        "Κοιμήθηκα καλά, περπάτησα 30 λεπτά μετά το μεσημεριανό.",
+        "Λίγο κουρασμένος το απόγευμα· παρέλειψα τη βραδινή βόλτα.",
+        "Πήρα την πρωινή δόση με το πρωινό. Ελαφρύς πονοκέφαλος, πέρασε ως τις 2.",
+    ],
+}
 INSERT_BATCH = 100  # MongoDB-wire servers used locally slow down sharply with larger batches
 
 
@@ -58,6 +167,39 @@ def _insert_new(collection, docs: list[dict]) -> None:
         except BulkWriteError as error:
             if any(e.get("code") != 11000 for e in error.details.get("writeErrors", [])):
                 raise
+
+
+def logo_bytes(colour: tuple[int, int, int]) -> bytes:
+    """A small PNG logo: a heart-ish mark and a bar, deterministic for a given colour."""
+    image = Image.new("RGBA", (360, 120), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((10, 20, 60, 70), fill=colour)
+    draw.ellipse((50, 20, 100, 70), fill=colour)
+    draw.polygon([(14, 56), (96, 56), (55, 108)], fill=colour)
+    draw.rounded_rectangle((120, 40, 350, 80), radius=12, fill=(40, 60, 90, 255))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class SeedObject:
+    """An object that is no participant file (a trial's logo): stored as one, but with no `files` record."""
+
+    key: str
+    content_type: str
+    data: bytes
+    recorded_at: datetime
+
+    def document(self) -> dict:
+        return {"s3_key": self.key}
+
+
+def trial_objects(spec: "SeedSpec") -> list[SeedObject]:
+    """The logos the seeded trials' report definitions name."""
+    at = report_weeks(spec)[0].start_utc - timedelta(days=14)
+    return [SeedObject(definition["logo"], "image/png", logo_bytes((200, 40, 60, 255)), at)
+            for _, _, _, definition in TRIALS if definition.get("logo")]
 
 
 def photo_bytes(rng: random.Random, width: int = 960, height: int = 720) -> bytes:
@@ -143,13 +285,16 @@ def plan(spec: SeedSpec) -> Iterator[SeedParticipant]:
     tz = ZoneInfo(spec.timezone)
     photo_pool = [photo_bytes(random.Random(spec.rng_seed * 1000 + i)) for i in range(4)] if spec.photos else []
     for n in range(spec.subscribers):
-        trial_id, _, metrics = TRIALS[n % len(TRIALS)]
+        trial_id, _, metrics, _ = TRIALS[n % len(TRIALS)]
         participant_id = f"P-{spec.rng_seed:02d}{n:06d}"
+        locale = LOCALES[n % len(LOCALES)]
+        diary_lines = DIARY_LINES[locale.split("-")[0]]
         enrollment = {
             "_id": f"enr-{trial_id}-{participant_id}",
             "trial_id": trial_id,
             "participant_id": participant_id,
             "email": f"participant{n + 1:05d}@example.org",
+            "locale": locale,
             "status": "active",
             "consent_electronic_reports": True,
             "enrolled_at": weeks[0].start_utc - timedelta(days=14),
@@ -177,7 +322,7 @@ def plan(spec: SeedSpec) -> Iterator[SeedParticipant]:
                     })
             for k in range(rng.randrange(1, 3)):
                 at = datetime.combine(week.days[rng.randrange(7)], time(21, 10 * k), tzinfo=tz).astimezone(UTC)
-                text = "\n".join(rng.sample(DIARY_LINES, 2))
+                text = "\n".join(rng.sample(diary_lines, 2))
                 files.append(SeedFile(f"note-{participant_id}-{week.key}-{k}", trial_id, participant_id, at, "text",
                                       "text/plain; charset=utf-8", "txt", text.encode("utf-8")))
             if photo_pool and rng.random() < 0.7:
@@ -197,7 +342,8 @@ def seed_documents(db: Database, spec: SeedSpec, progress=None,
     mongo.ensure_indexes(db)
     now = spec.now_utc()
     result = SeedResult(weeks=[w.key for w in report_weeks(spec)])
-    _insert_new(db[mongo.TRIALS], [{"_id": t, "name": name, "metrics": metrics} for t, name, metrics in TRIALS])
+    _insert_new(db[mongo.TRIALS], [{"_id": t, "name": name, "metrics": metrics, "report_definition": definition}
+                                   for t, name, metrics, definition in TRIALS])
     # In this order: a subscription appears only after its participant's records and files, so a run
     # reading a shared database while it is seeded never reports on half a participant.
     pending: dict[str, list[dict]] = {mongo.RECORDS: [], mongo.FILES: [], mongo.ENROLLMENTS: [],
@@ -227,8 +373,10 @@ def seed_documents(db: Database, spec: SeedSpec, progress=None,
     return result
 
 
-def seed_objects(put: Callable[[SeedFile], None], spec: SeedSpec) -> int:
-    """Hand every file of `spec` to `put`; the number of files."""
+def seed_objects(put: Callable[[SeedFile | SeedObject], None], spec: SeedSpec) -> int:
+    """Hand every file of `spec` to `put`, after the trials' logos; the number of participant files."""
+    for obj in trial_objects(spec):
+        put(obj)
     count = 0
     for participant in plan(spec):
         for f in participant.files:
@@ -254,6 +402,9 @@ def seed(
     """Create `subscribers` subscribed participants with `weeks` complete weeks of data before `now`,
     through the production write path: each file uploaded, then its record written."""
     spec = SeedSpec(subscribers, weeks, timezone, (now or datetime.now(UTC)).isoformat(), rng_seed, photos)
+    for obj in trial_objects(spec):  # before the trials that name them
+        put_if_changed(s3, bucket, obj.key, obj.data, obj.content_type, encryption,
+                       metadata=file_metadata(obj.recorded_at))
 
     def upload(participant: SeedParticipant) -> None:
         for f in participant.files:

@@ -2,6 +2,7 @@ import base64
 import re
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, message_from_string
+from email.header import decode_header, make_header
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
@@ -16,7 +17,7 @@ from reporting_pipeline.errors import InvalidEmailAddress
 from reporting_pipeline.local.embedded import Outbox, SmtpServer
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.dkim_sign import DkimConfigError, load_dkim_key
-from reporting_pipeline.services.mail import Pacer, SmtpSession, SmtpSettings, validate_email
+from reporting_pipeline.services.mail import Pacer, SmtpSession, SmtpSettings, validate_email, wire_bytes
 from reporting_pipeline.stages.notify import (
     SUBJECT,
     claim_delivery,
@@ -393,3 +394,95 @@ def test_a_link_never_outlives_the_report_it_points_to():
     expiring = {"subscription_id": "sub_1", "rendered_at": now - timedelta(days=89, hours=23, minutes=30)}
     with pytest.raises(ReportExpiring):
         _link_lifetime(expiring, timedelta(hours=72), retention_days=90)
+
+
+# --- emails in the participant's language, as mail servers receive them --------------------------
+
+ENCODED_WORD = re.compile(rb"=\?utf-8\?([bq])\?[^?\s]*\?=", re.I)
+LOCALIZED = {
+    # language: (subject, body text, how the body goes out)
+    "de-DE": ("Ihr wöchentlicher Bericht ist fertig",
+              ["Guten Tag,", "Ihr Wochenbericht für die Woche vom 16.–22. Nov. 2026 ist fertig.",
+               "der Link läuft am 30.11.2026, 09:00 UTC ab", "Wenn Sie diese E-Mails nicht mehr erhalten möchten"],
+              "quoted-printable"),
+    "ja-JP": ("週次レポートができました",
+              ["こんにちは。", "2026年11月16日～22日の週次レポートができました。", "リンクの有効期限：2026/11/30 9:00 UTC",
+               "このメールの配信を停止するには"],
+              "base64"),
+}
+
+
+def localized_email(lang: str):
+    return compose_email(to="a@example.org", email_from=SENDER, link=LINK,
+                         expires_at=datetime(2026, 11, 30, 9, 0, tzinfo=UTC), week=WEEK,
+                         msg_id=message_id("sub_1", WEEK.key, SENDER), unsubscribe_url=UNSUBSCRIBE, lang=lang)
+
+
+@pytest.mark.parametrize("lang", LOCALIZED)
+def test_a_localized_email_goes_out_as_7bit_mime_with_an_encoded_subject(smtp_server, dkim_key, lang):
+    subject, sentences, encoding = LOCALIZED[lang]
+    pem, txt = dkim_key
+    [raw] = received_bytes(smtp_server, localized_email(lang),
+                           dkim_selector=SELECTOR, dkim_domain=DKIM_DOMAIN, dkim_private_key=pem)
+    assert_wire_format(raw)
+    assert raw.isascii(), "no raw 8-bit byte anywhere: relays without 8BITMIME pass it unchanged"
+    assert dkim.verify(raw, dnsfunc=dns_publishing(txt))
+
+    # The Subject as the server got it: what is not ASCII is in RFC 2047 encoded-words (ASCII words may
+    # stay as they are), none longer than 75 characters, and they decode to the translation.
+    [wire_subject] = raw_headers(raw)["subject"]
+    assert ENCODED_WORD.search(wire_subject)
+    assert all(len(w.group(0)) <= 75 for w in ENCODED_WORD.finditer(wire_subject))
+    assert str(make_header(decode_header(wire_subject.decode("ascii")))) == subject
+    assert fields_unchanged(raw)
+
+    message = message_from_bytes(raw, policy=default_policy)
+    assert message["Subject"] == subject
+    plain_part, html_part = message.iter_parts()
+    for part in (plain_part, html_part):
+        assert part.get_content_charset() == "utf-8" and part["Content-Transfer-Encoding"] == encoding
+    for part in (plain_part, html_part):  # RFC 2045's limit for encoded lines
+        assert max(len(line) for line in part.get_payload().splitlines()) <= 76
+    plain = folded(plain_part.get_content())
+    for sentence in sentences:
+        assert folded(sentence) in plain
+    assert LINK in plain_part.get_content().splitlines() and UNSUBSCRIBE in plain
+    outline = HtmlOutline(html_part.get_content())
+    assert outline.lang == lang and outline.hrefs == [LINK, UNSUBSCRIBE]
+    assert folded(sentences[1]) in folded(html_part.get_content())
+
+
+def fields_unchanged(raw: bytes) -> bool:
+    """The headers that must never be encoded still go out verbatim."""
+    fields = raw_headers(raw)
+    return (fields["list-unsubscribe"] == [f"<{UNSUBSCRIBE}>".encode()]
+            and fields["list-unsubscribe-post"] == [b"List-Unsubscribe=One-Click"]
+            and fields["to"] == [b"a@example.org"])
+
+
+def folded(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_an_english_email_stays_plain_ascii_headers():
+    assert raw_headers(wire_bytes(localized_email("en")))["subject"] == [b"Your weekly report is ready"]
+
+
+def test_delivery_writes_each_email_in_its_reports_language(smtp_server):
+    db = mongomock.MongoClient(tz_aware=True).db
+    mongo.ensure_indexes(db)
+    for n, lang in enumerate(["ja-JP", "de-DE", None]):
+        db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
+                                            "status": "active", "email": f"p{n}@example.org"})
+        db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
+                                      "s3_key": f"reports/{n}.pdf", "sha256": "abc",
+                                      **({"language": lang} if lang else {})})  # a report from before languages
+    summary = deliver_shard(db, PresigningS3(), "bucket", SmtpSettings("127.0.0.1", smtp_server.port,
+                                                                       email_from=SENDER),
+                            week=WEEK, shard_id="s01", link_ttl_hours=72, owner="run-1", unsubscribe_url=UNSUBSCRIBE)
+    assert summary.sent == 3
+    subjects = {m["To"]: (m["Subject"], HtmlOutline(m.get_body(("html",)).get_content()).lang)
+                for m in smtp_server.handler.messages}
+    assert subjects == {"p0@example.org": ("週次レポートができました", "ja-JP"),
+                        "p1@example.org": ("Ihr wöchentlicher Bericht ist fertig", "de-DE"),
+                        "p2@example.org": (SUBJECT, "en")}

@@ -23,8 +23,8 @@ MAX_LINE_LENGTH = 998
 # RFC 2047: an encoded-word is at most 75 characters. Headers that need them (a subject in German or
 # Japanese) are folded at 76, which keeps every encoded-word within that; the rest at 998.
 ENCODED_WORD_LINE_LENGTH = 76
-# RFC 2045: quoted-printable and base64 body lines are at most 76 characters.
-BODY_POLICY = email.policy.SMTP
+# RFC 2045: quoted-printable and base64 body lines are at most 76 characters (Python's SMTP policy allows 78).
+BODY_POLICY = email.policy.SMTP.clone(max_line_length=76)
 
 
 class _WirePolicy(email.policy.EmailPolicy):

@@ -87,7 +87,8 @@ def test_drift_is_found_repaired_where_safe_and_left_for_investigation_otherwise
     assert found.samples["missing_files"] == [drift["missing_file"]]
     assert found.samples["mismatched_files"] == [drift["changed_file"]]
     assert db[REDRIVE_REQUESTS].count_documents({}) == 0  # a dry run changes nothing
-    objects = len(s3.list_objects_v2(Bucket=bucket)["Contents"])
+    # Participant files and reports; a trial's logo (trials/...) is no participant data and not reconciled.
+    objects = sum(1 for o in s3.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].startswith(("files/", "reports/")))
     assert found.objects_scanned == objects
 
     repaired = reconcile(db, s3, bucket, now=now, repair=True)
@@ -180,7 +181,7 @@ def test_repair_never_deletes_a_report_someone_was_emailed_and_rebuilds_its_reco
     db, s3, bucket = pipeline.db, pipeline.s3, pipeline.bucket
     mongo.ensure_indexes(db)
     delivered = store_report(db, s3, bucket, pipeline.encryption, subscription_id="sub_sent", week_key=LAST_WEEK,
-                             shard_id="03", pdf=b"%PDF-1.4 sent", pages=1)
+                             shard_id="03", pdf=b"%PDF-1.4 sent", pages=1, language="ja-JP", definition_version="3")
     store_report(db, s3, bucket, pipeline.encryption, subscription_id="sub_never", week_key=LAST_WEEK,
                  shard_id="03", pdf=b"%PDF-1.4 never sent", pages=1)
     assert try_claim(db, "sub_sent", LAST_WEEK, "run-1", timedelta(minutes=15), "03") == "claimed"
@@ -196,6 +197,8 @@ def test_repair_never_deletes_a_report_someone_was_emailed_and_rebuilds_its_reco
     rebuilt = db[mongo.REPORTS].find_one({"subscription_id": "sub_sent", "week": LAST_WEEK})
     assert (rebuilt["s3_key"], rebuilt["sha256"], rebuilt["shard"], rebuilt["delivery_state"]) == (
         delivered["s3_key"], delivered["sha256"], "03", "sent")
+    # How it was rendered comes back from the object's metadata: a re-sent email keeps the report's language.
+    assert (rebuilt["language"], rebuilt["definition_version"]) == ("ja-JP", "3")
     with urllib.request.urlopen(link, timeout=30) as response:
         assert response.read() == b"%PDF-1.4 sent"
     assert reconcile(db, s3, bucket, now=later).clean

@@ -17,7 +17,7 @@ import gettext
 import io
 import re
 from datetime import date, datetime
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 from babel import Locale, UnknownLocaleError
@@ -178,11 +178,6 @@ class Language:
         text = pattern.format(format_time(moment, "short", tzinfo=moment.tzinfo, locale=self.locale),
                               format_date(moment, "medium", locale=self.locale))
         return f"{text} UTC"
-
-    @cached_property
-    def name(self) -> str:
-        """The language's own name, e.g. 'Deutsch'."""
-        return self.locale.get_display_name(self.locale) or self.tag
 
 
 @lru_cache(maxsize=64)

@@ -217,7 +217,7 @@ class _NumberedCanvas(pdfcanvas.Canvas):
 
     def save(self):
         total = len(self._pages)
-        data, lang = self._data, self._data.language
+        lang = self._data.language
         confidential = lang._("Confidential: for the named participant only")
         for state in self._pages:
             self.__dict__.update(state)

@@ -88,7 +88,8 @@ def test_drift_is_found_repaired_where_safe_and_left_for_investigation_otherwise
     assert found.samples["mismatched_files"] == [drift["changed_file"]]
     assert db[REDRIVE_REQUESTS].count_documents({}) == 0  # a dry run changes nothing
     # Participant files and reports; a trial's logo (trials/...) is no participant data and not reconciled.
-    objects = sum(1 for o in s3.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].startswith(("files/", "reports/")))
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    objects = sum(1 for o in listed if o["Key"].startswith(("files/", "reports/")))
     assert found.objects_scanned == objects
 
     repaired = reconcile(db, s3, bucket, now=now, repair=True)

@@ -80,6 +80,10 @@ class ReportDefinition:
     def metric(self, key: str) -> MetricSpec | None:
         return next((m for m in self.metrics if m.key == key), None)
 
+    def text(self, texts: dict[str, str], language: str) -> str | None:
+        """An approved text in `language`, else in the default language (a report rendered in another)."""
+        return texts.get(language) or texts.get(language_of(self.default_locale))
+
 
 @dataclass(frozen=True)
 class DefinitionError:

@@ -263,8 +263,8 @@ def fetch_batch(db: Database, week: Week, shard_id: str, subscriptions: list[dic
 
     def language(sub: dict) -> str:
         definition, _ = reports.get(sub["trial_id"], (None, None))
-        return resolve(locales.get(sub.get("enrollment_id")), trial_default_locale(trials.get(sub["trial_id"]), definition),
-                       definition.languages if definition else None)
+        default = trial_default_locale(trials.get(sub["trial_id"]), definition)
+        return resolve(locales.get(sub.get("enrollment_id")), default, definition.languages if definition else None)
 
     return [
         SubscriberWeek(

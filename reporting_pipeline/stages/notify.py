@@ -158,15 +158,17 @@ def _html_body(words: Language, week_label: str, link: str, expiry: str, unsubsc
     e = partial(escape, quote=True)
     download = f'<a href="{e(link)}">{e(words._("Download your report"))}</a>'
     unsubscribe = f'<a href="{e(unsubscribe_url)}">{e(words._("unsubscribe here"))}</a>'
+    # The links are markup put into the translated sentences after escaping them, not escaped with them.
+    expires = e(words._("{link} (the link expires on {expiry}).", link="{link}", expiry=expiry))
+    stop = e(words._("To stop receiving these emails, {unsubscribe}.", unsubscribe="{unsubscribe}"))
     return (
         f'<!DOCTYPE html>\n<html lang="{e(words.tag)}">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{e(_subject(words))}</title>\n</head>\n<body>\n"
         f"<p>{e(words._('Hello,'))}</p>\n"
         f"<p>{e(words._('Your weekly report for the week of {week} is ready.', week=week_label))}</p>\n"
-        # The link is markup put into the translated sentence after escaping it, not escaped with it.
-        f"<p>{e(words._('{link} (the link expires on {expiry}).', link='{link}', expiry=expiry)).replace('{link}', download)}</p>\n"
+        f"<p>{expires.replace('{link}', download)}</p>\n"
         f"<p>{e(words._('The link is personal; please do not forward this email.'))}</p>\n"
-        f"<p>{e(words._('To stop receiving these emails, {unsubscribe}.', unsubscribe='{unsubscribe}')).replace('{unsubscribe}', unsubscribe)}</p>\n"
+        f"<p>{stop.replace('{unsubscribe}', unsubscribe)}</p>\n"
         "</body>\n</html>\n"
     )
 

@@ -446,7 +446,7 @@ def render_report_checked(report: AggregatedReport, *, lang: str | None = None,
                   + [Span(f"\n{week_line}")], styles["subtitle"]),
     ]
     if definition and definition.intro:
-        story += [Spacer(1, 3 * mm), data.text("intro", definition.intro[words.code], styles["body"])]
+        story += [Spacer(1, 3 * mm), data.text("intro", definition.text(definition.intro, words.code), styles["body"])]
     story.append(Spacer(1, 6 * mm))
     if not report.has_data:
         story += [data.words(words._("Nothing recorded this week"), styles["h2"]),
@@ -460,9 +460,9 @@ def render_report_checked(report: AggregatedReport, *, lang: str | None = None,
             "{n} items could not be included in this report; the study team has been notified.",
             len(report.issues)), styles["small"])]
     if definition and definition.contact:
+        contact = definition.text(definition.contact, words.code)
         story += [Spacer(1, 4 * mm), KeepTogether([data.words(words._("Contact"), styles["h2"]),
-                                                    data.text("contact", definition.contact[words.code],
-                                                              styles["body"])])]
+                                                    data.text("contact", contact, styles["body"])])]
     out = io.BytesIO()
     doc = SimpleDocTemplate(
         out,

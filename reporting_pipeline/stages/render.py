@@ -306,6 +306,11 @@ def _chart_title(label: str, unit: str, n: int, styles, data: _Data) -> ScriptTe
     return data.text(f"summary row {n} chart title", spans, styles["chart_title"])
 
 
+# Text laid over a chart in ScriptText: made once, a ParagraphStyle checks every attribute it is given.
+_AXIS_STYLE = ParagraphStyle("axis", fontName=FONT, fontSize=7, leading=9, textColor=TEXT)
+_EMPTY_STYLE = ParagraphStyle("empty", fontName=FONT, fontSize=8, leading=10, textColor=TEXT)
+
+
 class _Chart(Drawing):
     """A drawing with text laid over it: axis labels in words the primary font lacks (Japanese weekdays)
     are ScriptText, which a drawing's String (one font) cannot hold."""
@@ -362,8 +367,7 @@ def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high, 
         plot.xValueAxis.labelTextFormat = lambda i: ""
         span = plot.xValueAxis.valueMax - plot.xValueAxis.valueMin
         for i, label in enumerate(day_labels):
-            text = data.text(f"chart day {i + 1}", label, ParagraphStyle("axis", fontName=FONT, fontSize=7, leading=9,
-                                                                          textColor=TEXT))
+            text = data.text(f"chart day {i + 1}", label, _AXIS_STYLE)
             text.align = "center"
             text.wrap(60, 20)
             center = plot.x + (i - plot.xValueAxis.valueMin) / span * plot.width
@@ -383,8 +387,7 @@ def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high, 
             drawing.add(String(plot.x + 10, plot.y + plot.height / 2, empty, fontName=FONT, fontSize=8,
                                fillColor=TEXT))
         else:
-            text = data.text("chart no entries", empty, ParagraphStyle("empty", fontName=FONT, fontSize=8, leading=10,
-                                                                       textColor=TEXT))
+            text = data.text("chart no entries", empty, _EMPTY_STYLE)
             text.wrap(200, 20)
             drawing.overlays.append((text, plot.x + 10, plot.y + plot.height / 2 - 2.5))
     return drawing

@@ -178,18 +178,28 @@ class Kubelet:
     def wrap(self, pod_spec: dict, container: dict, argv: list[str]) -> list[str]:
         """`argv` in a mount namespace of its own laid out as the pod's filesystem."""
         q = shlex.quote
+        mounts = container.get("volumeMounts") or []
+        # This checkout and its virtualenv stand in for the image's code and Python. A checkout under a
+        # volume's path (a clone in /tmp) would vanish under the emptyDir: it is set aside first and put
+        # back, read-only, on top of it.
+        image = [p for p in sorted({ROOT, Path(sys.prefix).resolve()}) if any(
+            p.is_relative_to(m["mountPath"]) for m in mounts)]
+        image = [p for p in image if not any(p != o and p.is_relative_to(o) for o in image)]
         steps = ["mount --bind / /", *(f"mount --bind {q(str(p))} {q(str(p))}" for p in self.writable),
                  "mount -t tmpfs -o mode=0755 tmpfs /opt", *(f"mkdir -p {d}" for d in self.IMAGE_DIRS),
+                 *(f"mkdir -p /opt/.image/{n} && mount --bind {q(str(p))} /opt/.image/{n}" for n, p in enumerate(image)),
                  "mount -o remount,ro /opt"]
         if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
             steps.append("mount -o remount,bind,ro /")
         volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
-        for mount in container.get("volumeMounts") or []:
+        for mount in mounts:
             volume = volumes[mount["name"]]
             assert set(volume) == {"name", "emptyDir"}, f"only emptyDir volumes here: {volume}"
             size = volume["emptyDir"].get("sizeLimit", "")
             options = f"-o size={size.lower().removesuffix('i')} " if size else ""  # 1Gi -> 1g
             steps.append(f"mount -t tmpfs {options}tmpfs {q(mount['mountPath'])}")
+        steps += [f"mkdir -p {q(str(p))} && mount --bind /opt/.image/{n} {q(str(p))} && "
+                  f"mount -o remount,bind,ro {q(str(p))}" for n, p in enumerate(image)]
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps) + ' && exec "$@"',
                 "pod", *argv]
 

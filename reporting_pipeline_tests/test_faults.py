@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -72,20 +73,25 @@ def child(*jobs, **env):
 
 
 class KillAtUpload:
-    """Has the S3 server SIGKILL the run (`process`, set once started) as its `n`-th report upload arrives."""
+    """Has the S3 server SIGKILL the run (`process`, set once started) as its `n`-th report upload arrives.
+
+    The run uploads a batch's reports on several threads, so later uploads may reach the (threaded) server
+    while the kill is on its way: every upload from the `n`-th on is refused, and none of them lands.
+    """
 
     def __init__(self, server: FaultyS3Server, n: int):
         self.n, self.uploads, self.process = n, 0, None
+        self._lock = threading.Lock()
         server.fail_if, server.enabled = self, True
 
     def __call__(self, method: str, path: str) -> bool:
         if method != "PUT" or "/reports/" not in path:
             return False
-        self.uploads += 1
-        if self.uploads == self.n:
-            os.kill(self.process.pid, signal.SIGKILL)
-            return True
-        return False
+        with self._lock:
+            self.uploads += 1
+            if self.uploads == self.n:
+                os.kill(self.process.pid, signal.SIGKILL)
+            return self.uploads >= self.n
 
 
 def report_objects(world) -> list[str]:

@@ -267,18 +267,16 @@ def _seed_spec(args, env: dict, embedded_mongo: bool, now: datetime):
 def _seed_external(spec, env: dict, embedded_mongo: bool, embedded_s3: bool) -> None:
     """The halves of the seed that go to services we did not start: over the network, files first."""
     from reporting_pipeline.services import mongo
-    from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client, put_if_changed
-    from reporting_pipeline.stages.store import file_metadata
+    from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client
 
-    from .seed import seed_documents, seed_objects
+    from .seed import seed_documents, seed_objects, upload
 
     if not embedded_s3:
         s3 = make_client(env.get("AWS_ENDPOINT_URL") or None)
         encryption = Encryption(env.get("REPORTS_SSE", "AES256"), env.get("REPORTS_KMS_KEY_ID"))
         if env.get("AWS_ENDPOINT_URL"):
             ensure_bucket(s3, env["REPORTS_BUCKET"])  # as `reporting-pipeline seed` does
-        seed_objects(lambda f: put_if_changed(s3, env["REPORTS_BUCKET"], f.document()["s3_key"], f.data,
-                                              f.content_type, encryption, metadata=file_metadata(f.recorded_at)), spec)
+        seed_objects(lambda f: upload(s3, env["REPORTS_BUCKET"], encryption, f), spec)
     if not embedded_mongo:
         client = mongo.connect(env["MONGODB_URI"])
         try:

@@ -170,7 +170,7 @@ def _serve_s3(args) -> None:
         s3.put_bucket_encryption(Bucket=args.bucket, ServerSideEncryptionConfiguration={
             "Rules": [{"ApplyServerSideEncryptionByDefault": rule}]})
         if args.seed:
-            seed_objects(lambda f: server.put_local(args.bucket, f.document()["s3_key"], f.data, f.content_type,
+            seed_objects(lambda f: server.put_local(args.bucket, f.key, f.data, f.content_type,
                                                     file_metadata(f.recorded_at), encryption),
                          SeedSpec.from_json(args.seed))
         print(f"READY 127.0.0.1 {server.server.server_port}", flush=True)

@@ -23,7 +23,7 @@ from pymongo.errors import BulkWriteError
 
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.objectstore import Encryption, put_if_changed
-from reporting_pipeline.stages.store import file_document, file_metadata
+from reporting_pipeline.stages.store import file_document, file_key, file_metadata
 from reporting_pipeline.stages.subscribe import ACTIVE, subscription_document
 from reporting_pipeline.weeks import Week, last_complete_week
 
@@ -191,8 +191,6 @@ class SeedObject:
     data: bytes
     recorded_at: datetime
 
-    def document(self) -> dict:
-        return {"s3_key": self.key}
 
 
 def trial_objects(spec: "SeedSpec") -> list[SeedObject]:
@@ -251,6 +249,10 @@ class SeedFile:
     content_type: str
     extension: str
     data: bytes
+
+    @property
+    def key(self) -> str:
+        return file_key(self.trial_id, self.participant_id, self.file_id, self.extension)
 
     def document(self) -> dict:
         return file_document(file_id=self.file_id, trial_id=self.trial_id, participant_id=self.participant_id,
@@ -403,12 +405,15 @@ def seed(
     through the production write path: each file uploaded, then its record written."""
     spec = SeedSpec(subscribers, weeks, timezone, (now or datetime.now(UTC)).isoformat(), rng_seed, photos)
     for obj in trial_objects(spec):  # before the trials that name them
-        put_if_changed(s3, bucket, obj.key, obj.data, obj.content_type, encryption,
-                       metadata=file_metadata(obj.recorded_at))
+        upload(s3, bucket, encryption, obj)
 
-    def upload(participant: SeedParticipant) -> None:
+    def upload_files(participant: SeedParticipant) -> None:
         for f in participant.files:
-            put_if_changed(s3, bucket, f.document()["s3_key"], f.data, f.content_type, encryption,
-                           metadata=file_metadata(f.recorded_at))
+            upload(s3, bucket, encryption, f)
 
-    return seed_documents(db, spec, progress, before_documents=upload)
+    return seed_documents(db, spec, progress, before_documents=upload_files)
+
+
+def upload(s3, bucket: str, encryption: Encryption, obj: SeedFile | SeedObject) -> None:
+    """Upload one seeded object as production uploads do: with its recorded-at metadata, skipped if unchanged."""
+    put_if_changed(s3, bucket, obj.key, obj.data, obj.content_type, encryption, metadata=file_metadata(obj.recorded_at))

@@ -14,8 +14,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from dagster import AssetKey, build_sensor_context
 
 from reporting_pipeline.defs import sensors
@@ -73,14 +75,15 @@ def child(*jobs, **env):
 
 
 class KillAtUpload:
-    """Has the S3 server SIGKILL the run (`process`, set once started) as its `n`-th report upload arrives.
+    """Has the S3 server signal the run (`process`, set once started; SIGKILL unless `sig`) as its `n`-th
+    report upload arrives.
 
     The run uploads a batch's reports on several threads, so later uploads may reach the (threaded) server
-    while the kill is on its way: every upload from the `n`-th on is refused, and none of them lands.
+    while the signal is on its way: every upload from the `n`-th on is refused, and none of them lands.
     """
 
-    def __init__(self, server: FaultyS3Server, n: int):
-        self.n, self.uploads, self.process = n, 0, None
+    def __init__(self, server: FaultyS3Server, n: int, sig: signal.Signals = signal.SIGKILL):
+        self.n, self.sig, self.uploads, self.process = n, sig, 0, None
         self._lock = threading.Lock()
         server.fail_if, server.enabled = self, True
 
@@ -90,7 +93,7 @@ class KillAtUpload:
         with self._lock:
             self.uploads += 1
             if self.uploads == self.n:
-                os.kill(self.process.pid, signal.SIGKILL)
+                os.kill(self.process.pid, self.sig)
             return self.uploads >= self.n
 
 
@@ -399,4 +402,47 @@ def test_a_killed_report_run_leaves_no_process_behind_and_its_retry_finishes(wor
           f"{'finished' if retry.success else 'failed'}, {stored['rendered']} reports stored, "
           f"{figures['reports']} in MongoDB, {figures['objects']} objects")
     assert stored["rendered"] == 24 and stored["workers_started"]
+    assert (figures["reports"], figures["objects"]) == (24, 24)
+
+
+@needs_wire_server
+def test_a_report_run_told_to_stop_ends_its_step_at_once_and_its_retry_finishes(world, tmp_path):
+    """SIGTERM to a run worker mid-run (a pod evicted or drained: Kubernetes SIGKILLs it 30 s later): the step
+    fails at once instead of being retried in place, its worker processes end, Dagster marks the run for its
+    daemon's run retry, and that retry (re-execution from failure) finishes the shard."""
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
+
+    from .launch_run import weekly_reports_job
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    # The deployment's run retries (dagster.yaml): they decide whether Dagster marks a failed run for a retry.
+    run_retries = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())["run_retries"]
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"run_retries": run_retries}))
+    marker = f"STOPPED_RUN_MARKER={os.urandom(6).hex()}"
+    env = {"DAGSTER_HOME": str(home), "REPORT_SHARDS": "1", "REPORT_BATCH_SIZE": "10", marker.split("=")[0]: marker.split("=")[1]}
+    stop = KillAtUpload(world.s3_server, 5, signal.SIGTERM)
+    run = stop.process = subprocess.Popen(
+        [sys.executable, "-m", "reporting_pipeline_tests.launch_run", LAST_WEEK, "00", "weekly_reports_job"],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert run.wait(180) == 1  # the run failed, and its process ended by itself
+    world.s3_server.enabled = False
+    deadline = time.monotonic() + 30
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [], "processes of the stopped run live on"
+
+    with patched_env(env), DagsterInstance.get() as instance:
+        [stopped] = instance.get_runs()
+        assert stopped.status == DagsterRunStatus.FAILURE
+        assert stopped.tags.get("dagster/will_retry") == "true"  # Dagster's mark for the daemon's run retry
+        assert not instance.all_logs(stopped.run_id, of_type=DagsterEventType.STEP_RESTARTED)
+        retry = execute_job(reconstructable(weekly_reports_job), instance=instance, tags=stopped.tags,
+                            reexecution_options=ReexecutionOptions.from_failure(stopped.run_id, instance))
+        assert retry.success
+        stored = materialization_metadata(retry, "report_pdfs")
+    figures = outcome(world, [])
+    print(f"\nSIGTERM to a report run at its 5th upload: run {stopped.status.value}, will retry; "
+          f"{len(left)} processes left; retry stored {stored['rendered']} reports, "
+          f"{figures['reports']} in MongoDB, {figures['objects']} objects")
     assert (figures["reports"], figures["objects"]) == (24, 24)

@@ -12,11 +12,11 @@ Measured on the 2-core development machine (the tests print their figures):
   or two), is discarded when they are PID 1: the server comes up and serves until the kubelet's SIGKILL
   30 s later. Under tini the same signal ends it at once (0.0 s).
 - `dagster api execute_run` (a run pod), signalled mid-step: the signal interrupts the step at once, with
-  or without tini, but Dagster retries a step with a RetryPolicy that was interrupted, so the run goes on
-  until the SIGKILL (xfail below).
-- Not tested here, as it takes 30 s: a code server exits only once its in-flight calls have returned; a
-  sensor tick against an unreachable MongoDB waits out pymongo's 30 s server selection, and the server
-  exited 30.1 s after SIGTERM (deploy/README.md).
+  or without tini. Dagster would retry an interrupted step that has a RetryPolicy (the run went on until
+  the SIGKILL); the pipeline's steps fail instead and the run is left to the daemon's run retry.
+- A code server exits only once its in-flight calls have returned: a sensor tick against an unreachable
+  MongoDB held it for pymongo's 30 s server selection (exited 30.1 s after SIGTERM); the pipeline's client
+  gives up after 10 s (reporting_pipeline.services.mongo), so the server exits well within the grace period.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -262,6 +264,63 @@ def test_a_sigterm_while_the_code_server_starts_is_lost_as_pid_1_and_obeyed_unde
     assert status in (0, 128 + signal.SIGTERM)  # Dagster's shutdown, or killed by the signal (tini passes it on)
 
 
+class Unanswering:
+    """A MongoDB that accepts connections and never answers (a server behind a dead link or a hung mongod):
+    `reached` is set once a client has connected, which is how a test knows a call is waiting on it."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.reached = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.held.append(connection)
+            self.reached.set()
+
+    def close(self):
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_a_code_server_stops_within_the_grace_period_while_a_sensor_waits_on_mongodb(server_env, tmp_path):
+    """A sensor tick in flight when SIGTERM comes holds the code server until it returns: with pymongo's
+    default 30 s server selection, a tick against an unreachable MongoDB held it 30.1 s, past the grace period.
+    The tick here is asked for as the daemon asks (the code server's sensor call, through `dagster sensor
+    preview`), and SIGTERM is sent once the sensor's client has connected to a MongoDB that never answers."""
+    mongodb = Unanswering()
+    port = free_port()
+    env = {**server_env, "MONGODB_URI": f"mongodb://127.0.0.1:{mongodb.port}/"}  # no timeout options of its own
+    try:
+        with Pod(server_argv("code-server", port), init=True, env=env, log=tmp_path / "server.log") as pod:
+            wait_until_serving(port, pod)
+            tick = subprocess.Popen(["dagster", "sensor", "preview", "subscription_sensor", "--grpc-host", "127.0.0.1",
+                                     "--grpc-port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            try:
+                assert mongodb.reached.wait(START_TIMEOUT), f"the sensor never reached MongoDB: {pod.tail()}"
+                assert tick.poll() is None, tick.stdout.read()
+                seconds, status = pod.terminate()
+                tick_output = tick.communicate(timeout=GRACE)[0]
+            finally:
+                tick.kill()
+    finally:
+        mongodb.close()
+    print(f"\ncode-server under tini, a sensor tick waiting on an unanswering MongoDB: exited {seconds:.1f} s after "
+          f"SIGTERM, status {status}")
+    assert seconds < GRACE
+    assert status == 0, pod.tail()
+    # The tick gave up on MongoDB (the next tick tries again) instead of holding the server.
+    assert "ServerSelectionTimeoutError" in tick_output, tick_output
+
+
 def _error_classes(error) -> list[str]:
     """The exception classes of a serialized error and of everything it was caused by."""
     classes = []
@@ -271,19 +330,21 @@ def _error_classes(error) -> list[str]:
     return classes
 
 
-def test_a_run_worker_as_pid_1_gets_sigterm_mid_step(production_home, tmp_path):
+def test_a_run_worker_as_pid_1_stops_on_sigterm_mid_step_and_its_run_is_retried(production_home, tmp_path):
     """`dagster api execute_run` exactly as the K8sRunLauncher's Job runs it, on runs it launched, signalled
-    while the run's first step waits on MongoDB (unreachable here: pymongo's 30 s server selection).
+    while the run's first step waits on MongoDB (unreachable here), as a pod being evicted or drained is.
 
-    The signal reaches Dagster either way: it interrupts the step. But the report steps have a RetryPolicy,
-    and Dagster answers an interrupt in a step with a RetryPolicy by retrying the step, so the run goes on
-    until the kubelet's SIGKILL. That part is marked xfail until the pipeline decides how a run pod should
-    end on SIGTERM; the test then checks that the worker exits within the grace period.
+    Dagster retries a step with a RetryPolicy that was interrupted, so the run went on until the kubelet's
+    SIGKILL. Now the step fails at once without a step retry, the worker exits within the grace period, and
+    the run is marked for the daemon's run retry (Dagster's own `dagster/will_retry`), like a run whose
+    process died.
     """
     home, api = production_home
     env = {**os.environ, "DAGSTER_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/"}  # nothing listens there
-    partitions = [f"00|{LAST_WEEK}", f"01|{LAST_WEEK}"]  # one run without an init, one under tini
+    # (init, terminated from the UI): evicted without an init and under tini; the UI's Terminate, under tini.
+    cases = [(False, False), (True, False), (True, True)]
+    partitions = [f"{shard:02d}|{LAST_WEEK}" for shard in range(len(cases))]
     with DagsterInstance.from_config(str(home)) as instance, CodeServer(helm_values(), env) as server:
         workspace_file = server.workspace_file(tmp_path / "workspace.yaml")
         with wait_for_location(instance, workspace_file) as context:
@@ -296,8 +357,7 @@ def test_a_run_worker_as_pid_1_gets_sigterm_mid_step(production_home, tmp_path):
                 instance.launch_run(run.run_id, context.create_request_context())
 
     assert len(api.jobs) == len(partitions)
-    went_on = []
-    for init, (_, job) in zip((False, True), api.jobs):
+    for (init, terminated), (_, job) in zip(cases, api.jobs):
         [container] = job["spec"]["template"]["spec"]["containers"]
         assert "command" not in container  # its args follow the image's ENTRYPOINT: tini
         run_id = job["metadata"]["labels"]["dagster/run-id"]
@@ -308,27 +368,20 @@ def test_a_run_worker_as_pid_1_gets_sigterm_mid_step(production_home, tmp_path):
                 assert pod.process.poll() is None, f"run worker exited first: {pod.tail()}"
                 assert time.monotonic() < deadline, f"no step started in {START_TIMEOUT} s: {pod.tail()}"
                 time.sleep(0.2)
-            sent = pod.sigterm()
-            # What follows: the worker exits, or the step starts over.
-            while pod.process.poll() is None and not instance.all_logs(run_id, of_type=DagsterEventType.STEP_RESTARTED):
-                assert time.monotonic() - sent < 2 * GRACE, f"neither exited nor restarted the step: {pod.tail()}"
-                time.sleep(0.2)
-            step_ended = [event for event in instance.all_logs(run_id) if event.dagster_event and
-                          event.dagster_event.event_type in (DagsterEventType.STEP_UP_FOR_RETRY,
-                                                             DagsterEventType.STEP_FAILURE)]
-            assert step_ended, pod.tail()
-            assert "DagsterExecutionInterruptedError" in _error_classes(step_ended[0].dagster_event.event_specific_data.error)
-            name = f"run worker as PID 1{' under tini' if init else ''}"
-            if pod.process.poll() is None:
-                went_on.append(name)
-                print(f"\n{name}: SIGTERM interrupted the step, which started over {time.monotonic() - sent:.1f} s "
-                      "later: the run went on")
-                continue
-            seconds, status = pod.wait_gone(sent)
+            if terminated:  # what K8sRunLauncher.terminate does: mark the run canceling, then delete the Job
+                instance.report_run_canceling(instance.get_run_by_id(run_id))
+            seconds, status = pod.wait_gone(pod.sigterm())
         run = instance.get_run_by_id(run_id)
-        print(f"\n{name}: exited {seconds:.1f} s after SIGTERM, status {status}, run {run.status.value}")
+        name = f"run worker as PID 1{' under tini' if init else ''}{', terminated from the UI' if terminated else ''}"
+        print(f"\n{name}: exited {seconds:.1f} s after SIGTERM, status {status}, run {run.status.value}, "
+              f"will retry: {run.tags.get('dagster/will_retry')}")
         assert seconds < GRACE
-        assert run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED), pod.tail()
-    if went_on:
-        pytest.xfail(f"{', '.join(went_on)}: a SIGTERM mid-step becomes a step retry (the step's RetryPolicy), "
-                     "so the run worker runs on until SIGKILL")
+        assert not instance.all_logs(run_id, of_type=DagsterEventType.STEP_RESTARTED), pod.tail()
+        [failure] = instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+        assert "DagsterExecutionInterruptedError" in _error_classes(failure.dagster_event.event_specific_data.error)
+        if terminated:  # canceled, as asked, and not retried
+            assert run.status == DagsterRunStatus.CANCELED, pod.tail()
+            assert run.tags.get("dagster/will_retry") != "true", run.tags
+        else:
+            assert run.status == DagsterRunStatus.FAILURE, pod.tail()
+            assert run.tags.get("dagster/will_retry") == "true", run.tags  # what the daemon's run retry goes by

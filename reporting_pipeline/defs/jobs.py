@@ -2,12 +2,12 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from .assets import AGGREGATED, DELIVERIES, FETCHED, PDFS
+from .assets import AGGREGATED, DELIVERIES, FETCHED, PDFS, RETRY_ON_STEP_FAILURE_TAG
 
-# A run whose process died (pod evicted, OOM-killed) is retried by the daemon. Step failures are
-# not: step retry policies already had their go, and the redrive sensor takes over.
+# A run whose process died (pod evicted, OOM-killed) or was told to stop is retried by the daemon. Step
+# failures are not: step retry policies already had their go, and the redrive sensor takes over.
 RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE",
-                  "dagster/retry_on_asset_or_op_failure": "false"}
+                  RETRY_ON_STEP_FAILURE_TAG: "false"}
 
 weekly_reports_job = define_asset_job(
     "weekly_reports_job",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from urllib.parse import parse_qsl
 
 import pymongo
 from pymongo import ASCENDING, IndexModel
@@ -76,8 +77,15 @@ _MOCK_CLIENTS: dict[str, object] = {}
 _MOCK_LOCK = threading.Lock()
 
 
-def connect(uri: str):
-    """A pymongo client for `uri`.
+DEFAULT_TIMEOUT_MS = 10_000
+
+
+def connect(uri: str, timeout_ms: int = DEFAULT_TIMEOUT_MS):
+    """A pymongo client for `uri`, giving up on an unreachable server after `timeout_ms` (server selection and
+    connect; options the URI sets itself win). Constructing it does not wait for the server.
+
+    Why not pymongo's 30 s: a sensor tick waiting on an unreachable server holds the code server's shutdown,
+    and Kubernetes kills a pod 30 s after SIGTERM. Steps ride out longer outages through their retries.
 
     `mongomock://NAME` gives an in-process mongomock client shared by everything in this process
     that names the same NAME: the demo and unit tests use it where no MongoDB server exists.
@@ -90,7 +98,12 @@ def connect(uri: str):
                 _MOCK_CLIENTS[uri] = mongomock.MongoClient(tz_aware=True)
             return _MOCK_CLIENTS[uri]
     # Retries happen once, in reporting_pipeline.services.retry; every write the pipeline makes is idempotent.
-    return pymongo.MongoClient(uri, tz_aware=True, appname="reporting-pipeline", retryWrites=False, retryReads=False)
+    # The query string, not pymongo's parse_uri: that resolves a mongodb+srv host in DNS.
+    given = {name.lower() for name, _ in parse_qsl(uri.partition("?")[2])}
+    timeouts = {name: timeout_ms for name in ("serverSelectionTimeoutMS", "connectTimeoutMS")
+                if name.lower() not in given}
+    return pymongo.MongoClient(uri, tz_aware=True, appname="reporting-pipeline", retryWrites=False, retryReads=False,
+                               **timeouts)
 
 
 def upsert(collection, query: dict, update: dict):

@@ -364,13 +364,28 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def retry_of(instance, run_id: str, env: dict):
+    """The retry the daemon launches of a failed report run (re-execution from failure) in a process of its own,
+    as a retried run's pod is; the retry's run, and the metadata it materialized `report_pdfs` with."""
+    from dagster import DagsterEventType
+
+    done = subprocess.run([sys.executable, "-m", "reporting_pipeline_tests.launch_run", "--retry-of", run_id,
+                           "weekly_reports_job"], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [retry] = [run for run in instance.get_runs() if run.parent_run_id == run_id]
+    for event in instance.all_logs(retry.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = event.dagster_event.step_materialization_data.materialization
+        if materialization.asset_key.path[-1] == "report_pdfs":
+            return retry, {key: value.value for key, value in materialization.metadata.items()}
+    return retry, {}
+
+
 @needs_wire_server
 def test_a_killed_report_run_leaves_no_process_behind_and_its_retry_finishes(world, tmp_path):
     """A run worker SIGKILLed mid-run (an evicted pod): nothing it started lives on, and the retry Dagster
     makes of it (re-execution from failure) has its step to run and finishes the shard."""
-    from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
-
-    from .launch_run import weekly_reports_job
+    from dagster import DagsterInstance, DagsterRunStatus
 
     home = tmp_path / "dagster"
     home.mkdir()
@@ -393,13 +408,11 @@ def test_a_killed_report_run_leaves_no_process_behind_and_its_retry_finishes(wor
         [killed] = instance.get_runs()
         assert killed.status == DagsterRunStatus.STARTED  # nobody told Dagster: its run monitoring would
         instance.report_run_failed(killed)  # what run monitoring does when the run worker is gone
-        retry = execute_job(reconstructable(weekly_reports_job), instance=instance, tags=killed.tags,
-                            reexecution_options=ReexecutionOptions.from_failure(killed.run_id, instance))
-        assert retry.success
-        stored = materialization_metadata(retry, "report_pdfs")
+        retry, stored = retry_of(instance, killed.run_id, env)
+        assert retry.status == DagsterRunStatus.SUCCESS
     figures = outcome(world, [])
-    print(f"\nSIGKILL of a report run at its 5th upload: {len(_processes_with(marker))} processes left; retry "
-          f"{'finished' if retry.success else 'failed'}, {stored['rendered']} reports stored, "
+    print(f"\nSIGKILL of a report run at its 5th upload: {len(left)} processes left; retry "
+          f"{retry.status.value}, {stored['rendered']} reports stored, "
           f"{figures['reports']} in MongoDB, {figures['objects']} objects")
     assert stored["rendered"] == 24 and stored["workers_started"]
     assert (figures["reports"], figures["objects"]) == (24, 24)
@@ -410,15 +423,13 @@ def test_a_report_run_told_to_stop_ends_its_step_at_once_and_its_retry_finishes(
     """SIGTERM to a run worker mid-run (a pod evicted or drained: Kubernetes SIGKILLs it 30 s later): the step
     fails at once instead of being retried in place, its worker processes end, Dagster marks the run for its
     daemon's run retry, and that retry (re-execution from failure) finishes the shard."""
-    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
-
-    from .launch_run import weekly_reports_job
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
     home = tmp_path / "dagster"
     home.mkdir()
     # The deployment's run retries (dagster.yaml): they decide whether Dagster marks a failed run for a retry.
-    run_retries = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())["run_retries"]
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"run_retries": run_retries}))
+    deployment = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text(yaml.safe_dump({key: deployment[key] for key in ("run_retries", "telemetry")}))
     marker = f"STOPPED_RUN_MARKER={os.urandom(6).hex()}"
     env = {"DAGSTER_HOME": str(home), "REPORT_SHARDS": "1", "REPORT_BATCH_SIZE": "10", marker.split("=")[0]: marker.split("=")[1]}
     stop = KillAtUpload(world.s3_server, 5, signal.SIGTERM)
@@ -437,10 +448,8 @@ def test_a_report_run_told_to_stop_ends_its_step_at_once_and_its_retry_finishes(
         assert stopped.status == DagsterRunStatus.FAILURE
         assert stopped.tags.get("dagster/will_retry") == "true"  # Dagster's mark for the daemon's run retry
         assert not instance.all_logs(stopped.run_id, of_type=DagsterEventType.STEP_RESTARTED)
-        retry = execute_job(reconstructable(weekly_reports_job), instance=instance, tags=stopped.tags,
-                            reexecution_options=ReexecutionOptions.from_failure(stopped.run_id, instance))
-        assert retry.success
-        stored = materialization_metadata(retry, "report_pdfs")
+        retry, stored = retry_of(instance, stopped.run_id, env)
+        assert retry.status == DagsterRunStatus.SUCCESS
     figures = outcome(world, [])
     print(f"\nSIGTERM to a report run at its 5th upload: run {stopped.status.value}, will retry; "
           f"{len(left)} processes left; retry stored {stored['rendered']} reports, "

@@ -156,6 +156,7 @@ def test_japanese_words_read_back_with_poppler_too(tmp_path):
 
 def test_left_out_items_are_counted_in_the_language_with_its_plural():
     from reporting_pipeline.stages.fetch import FileItem
+
     from .test_render_scripts import note
 
     broken = [FileItem("x1", "text", WEEK.start_utc, "text/plain", b"\xff"),

@@ -25,8 +25,12 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/reporting-pipeline dev $(DEV_ARGS)
 
+# Test files are spread over TEST_WORKERS processes (0: all in this one). Most tests wait on processes they
+# started (servers, runs, pods), so two workers keep a 2-core machine busy; a file's tests stay together,
+# sharing its module fixtures.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest reporting_pipeline_tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest reporting_pipeline_tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # deploy/requirements.lock: every package the image installs, pinned with its hashes, resolved from setup.py's
 # install_requires alone (no extras) for the image's Python. Existing pins are kept unless setup.py needs

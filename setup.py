@@ -58,6 +58,7 @@ setup(
         "dev": [
             *LOCAL,
             "pytest>=8",
+            "pytest-xdist>=3.6",  # `make test` runs the suite on two processes
             "httpx>=0.27",
             "pypdf>=5",
             "selenium>=4.20",

@@ -32,9 +32,21 @@ from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, m
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port nobody holds now, as the kernel picks it; whoever asked binds it a moment later.
+
+    Test processes running side by side (pytest-xdist's worker N of PYTEST_XDIST_WORKER_COUNT, inherited by
+    what they start) keep to ports of their own, so two of them are never handed the same port in that
+    moment. (Linux gives bind() odd ports and connect() even ones: the share goes by port // 2.)
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    mine = int(worker[2:]) % count if worker.startswith("gw") and worker[2:].isdigit() and count > 1 else None
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if mine is None or port // 2 % count == mine:
+            return port
 
 
 class Outbox:

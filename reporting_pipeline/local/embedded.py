@@ -107,7 +107,8 @@ class S3Server:
         self.endpoint_url = f"http://127.0.0.1:{self.server.server_port}"
 
     def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, name="s3-server", daemon=True).start()
+        # A short poll: shutdown() waits up to one interval for the serving loop to notice.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), name="s3-server", daemon=True).start()
         return self
 
     def put_local(self, bucket: str, key: str, data: bytes, content_type: str, metadata: dict[str, str],
@@ -122,6 +123,16 @@ class S3Server:
         response = self.server.app.test_client().put(f"/{bucket}/{quote(key)}", data=data, headers=headers)
         if response.status_code != 200:
             raise RuntimeError(f"S3 stand-in refused {key}: {response.status_code} {response.get_data()[:200]!r}")
+
+    def load_seed(self, bucket: str, spec, encryption: Encryption) -> int:
+        """Store the files of a seed (a `reporting_pipeline.local.seed.SeedSpec`) as `seed()` uploads them;
+        the number of participant files. `seed_documents` then writes the records pointing at them."""
+        from reporting_pipeline.stages.store import file_metadata
+
+        from .seed import seed_objects
+
+        return seed_objects(lambda f: self.put_local(bucket, f.key, f.data, f.content_type,
+                                                     file_metadata(f.recorded_at), encryption), spec)
 
     def __exit__(self, *exc):
         self.server.shutdown()
@@ -144,8 +155,10 @@ def patched_env(values: dict[str, str]):
 
 
 @contextmanager
-def embedded_services(workdir: Path, outbox_folder: Path | None = None, bucket: str = "clinical-reports"):
-    """Start S3 and SMTP servers and point the pipeline's environment variables at them."""
+def embedded_services(workdir: Path, outbox_folder: Path | None = None, bucket: str = "clinical-reports",
+                      seed=None):
+    """Start S3 and SMTP servers and point the pipeline's environment variables at them; with `seed` (a
+    `SeedSpec`), the bucket holds its files (server-side encrypted, as `seed()` stores them)."""
     outbox = Outbox(outbox_folder)
     with S3Server() as s3, SmtpServer(outbox) as smtp:
         env = {
@@ -161,13 +174,13 @@ def embedded_services(workdir: Path, outbox_folder: Path | None = None, bucket: 
         }
         with patched_env(env):
             ensure_bucket(make_client(s3.endpoint_url), bucket)
+            if seed is not None:
+                s3.load_seed(bucket, seed, Encryption())
             yield env, outbox
 
 
 def _serve_s3(args) -> None:
-    from reporting_pipeline.stages.store import file_metadata
-
-    from .seed import SeedSpec, seed_objects
+    from .seed import SeedSpec
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -182,9 +195,7 @@ def _serve_s3(args) -> None:
         s3.put_bucket_encryption(Bucket=args.bucket, ServerSideEncryptionConfiguration={
             "Rules": [{"ApplyServerSideEncryptionByDefault": rule}]})
         if args.seed:
-            seed_objects(lambda f: server.put_local(args.bucket, f.key, f.data, f.content_type,
-                                                    file_metadata(f.recorded_at), encryption),
-                         SeedSpec.from_json(args.seed))
+            server.load_seed(args.bucket, SeedSpec.from_json(args.seed), encryption)
         print(f"READY 127.0.0.1 {server.server.server_port}", flush=True)
         stop.wait()
 

@@ -121,10 +121,11 @@ def run_demo(subscribers: int, out: Path, now: datetime | None = None, progress=
     if out.exists():
         shutil.rmtree(out)
     (out / "reports").mkdir(parents=True)
-    shards = shards or int(os.environ.get("REPORT_SHARDS") or DEMO_SHARDS)
+    settings = Settings.from_env()  # a bad REPORT_SHARDS or REPORT_TIMEZONE is named here
+    shards = shards or (settings.shards if os.environ.get("REPORT_SHARDS") else DEMO_SHARDS)
     # The seed's files go into the S3 stand-in through its own request handling (as `reporting-pipeline dev`
     # loads them; test_seed checks that equals uploading them), its documents into MongoDB.
-    spec = SeedSpec(subscribers, timezone=Settings.from_env().timezone, now=now.isoformat())
+    spec = SeedSpec(subscribers, timezone=settings.timezone, now=now.isoformat())
     progress(f"seeding {subscribers} subscribers (MongoDB: mongomock; S3 and SMTP servers on loopback)")
     with tempfile.TemporaryDirectory(prefix="reporting-demo-") as work, \
             embedded_services(Path(work), outbox_folder=out / "outbox", seed=spec) as (env, outbox), \

@@ -364,6 +364,26 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def run_signalled_at_upload(world, home: Path, sig: signal.Signals, n: int = 5) -> tuple[int, dict, list[int]]:
+    """A report run process for the week's only shard on the instance in `home`, sent `sig` as its `n`-th report
+    upload arrives. Its exit status, its environment, and the processes it started still alive afterwards."""
+    marker = f"SIGNALLED_RUN_MARKER={os.urandom(6).hex()}"
+    # Batches of 10: the shard's 24 subscribers take worker processes, which must end with the run.
+    env = {"DAGSTER_HOME": str(home), "REPORT_SHARDS": "1", "REPORT_BATCH_SIZE": "10",
+           marker.split("=")[0]: marker.split("=")[1]}
+    fault = KillAtUpload(world.s3_server, n, sig)
+    run = fault.process = subprocess.Popen(
+        [sys.executable, "-m", "reporting_pipeline_tests.launch_run", LAST_WEEK, "00", "weekly_reports_job"],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = run.wait(180)
+    world.s3_server.enabled = False
+    # Workers exit when their run's process does (a pidfd wakes them): awaited, with a deadline.
+    deadline = time.monotonic() + 30
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return status, env, left
+
+
 def retry_of(instance, run_id: str, env: dict):
     """The retry the daemon launches of a failed report run (re-execution from failure) in a process of its own,
     as a retried run's pod is; the retry's run, and the metadata it materialized `report_pdfs` with."""
@@ -389,19 +409,8 @@ def test_a_killed_report_run_leaves_no_process_behind_and_its_retry_finishes(wor
 
     home = tmp_path / "dagster"
     home.mkdir()
-    marker = f"KILLED_RUN_MARKER={os.urandom(6).hex()}"
-    # Batches of 10: the shard's 24 subscribers take worker processes, which must die with the run.
-    env = {"DAGSTER_HOME": str(home), "REPORT_SHARDS": "1", "REPORT_BATCH_SIZE": "10", marker.split("=")[0]: marker.split("=")[1]}
-    kill = KillAtUpload(world.s3_server, 5)
-    run = kill.process = subprocess.Popen(
-        [sys.executable, "-m", "reporting_pipeline_tests.launch_run", LAST_WEEK, "00", "weekly_reports_job"],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert run.wait(180) == -signal.SIGKILL
-    world.s3_server.enabled = False
-    # Workers exit when their run's process does (a pidfd wakes them): awaited, with a deadline.
-    deadline = time.monotonic() + 30
-    while (left := _processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    status, env, left = run_signalled_at_upload(world, home, signal.SIGKILL)
+    assert status == -signal.SIGKILL
     assert left == [], "processes of the killed run live on"
 
     with patched_env(env), DagsterInstance.get() as instance:
@@ -430,17 +439,8 @@ def test_a_report_run_told_to_stop_ends_its_step_at_once_and_its_retry_finishes(
     # The deployment's run retries (dagster.yaml): they decide whether Dagster marks a failed run for a retry.
     deployment = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())
     (home / "dagster.yaml").write_text(yaml.safe_dump({key: deployment[key] for key in ("run_retries", "telemetry")}))
-    marker = f"STOPPED_RUN_MARKER={os.urandom(6).hex()}"
-    env = {"DAGSTER_HOME": str(home), "REPORT_SHARDS": "1", "REPORT_BATCH_SIZE": "10", marker.split("=")[0]: marker.split("=")[1]}
-    stop = KillAtUpload(world.s3_server, 5, signal.SIGTERM)
-    run = stop.process = subprocess.Popen(
-        [sys.executable, "-m", "reporting_pipeline_tests.launch_run", LAST_WEEK, "00", "weekly_reports_job"],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert run.wait(180) == 1  # the run failed, and its process ended by itself
-    world.s3_server.enabled = False
-    deadline = time.monotonic() + 30
-    while (left := _processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    status, env, left = run_signalled_at_upload(world, home, signal.SIGTERM)
+    assert status == 1  # the run failed, and its process ended by itself
     assert left == [], "processes of the stopped run live on"
 
     with patched_env(env), DagsterInstance.get() as instance:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -21,11 +20,10 @@ from reporting_pipeline.services.objectstore import sha256_hex
 from reporting_pipeline.settings import Settings
 
 from .embedded import embedded_services, patched_env
+from .outbox import report_link
 from .seed import SeedSpec, seed_documents
 
 _IMPORTED = time.monotonic()
-
-LINK_RE = re.compile(r"https?://\S+")
 
 
 @dataclass
@@ -139,8 +137,9 @@ def run_demo(subscribers: int, out: Path, now: datetime | None = None, progress=
         downloaded = 0
         reports = {r["s3_key"]: r for r in db[mongo.REPORTS].find({"week": cycle.week})}
         for message in outbox.messages:
-            body = message.get_body(("plain",)).get_content()
-            link = LINK_RE.search(body).group(0)  # the report's link comes first, in every language
+            link = report_link(message)
+            if not link:
+                raise RuntimeError(f"email {message['Message-ID']} has no report link")
             key = unquote(urlparse(link).path).split("/", 2)[2]
             data = download_link(link)
             if sha256_hex(data) != reports[key]["sha256"]:

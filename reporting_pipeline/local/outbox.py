@@ -69,7 +69,8 @@ class OutboxEntry:
     link: str
 
 
-def _link(message) -> str:
+def report_link(message) -> str:
+    """The report's link in a report email ('' when it has none)."""
     body = message.get_body(("plain",))
     text = body.get_content() if body is not None else ""
     # A report email's own link is the first of its body, in any language; the unsubscribe link comes later.
@@ -84,7 +85,7 @@ def read_outbox(folder: Path) -> list[OutboxEntry]:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         received = datetime.fromtimestamp(path.stat().st_mtime).astimezone()  # written on receipt; local time
         entries.append(OutboxEntry(path, received, str(message["To"] or ""), str(message["Subject"] or ""),
-                                   _link(message)))
+                                   report_link(message)))
     return entries
 
 

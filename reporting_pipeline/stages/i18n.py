@@ -39,13 +39,9 @@ def N_(message: str) -> str:
     return message
 
 
+@lru_cache(maxsize=1)
 def available_languages() -> tuple[str, ...]:
     """Languages with a catalog, e.g. ('de', 'en', 'es', 'fr', 'ja')."""
-    return _available()
-
-
-@lru_cache(maxsize=1)
-def _available() -> tuple[str, ...]:
     return tuple(sorted(p.parent.parent.name for p in LOCALE_DIR.glob(f"*/LC_MESSAGES/{DOMAIN}.po")))
 
 
@@ -84,12 +80,12 @@ def resolve(requested: object, trial_default: object = None, approved: frozenset
     languages), approved texts."""
     for candidate in (requested, trial_default):
         language = language_of(candidate)
-        if language in _available() and (approved is None or language in approved):
+        if language in available_languages() and (approved is None or language in approved):
             return canonical_tag(candidate)
     if approved and FALLBACK not in approved:
         # A definition without English: its default language is the last resort (validation makes
         # sure the default is approved and has a catalog).
-        return canonical_tag(sorted(approved & set(_available()))[0])
+        return canonical_tag(sorted(approved & set(available_languages()))[0])
     return FALLBACK
 
 
@@ -131,11 +127,11 @@ class Language:
 
     # --- numbers --------------------------------------------------------------------------------
 
-    def _pattern(self, decimals: int, signed: bool):
-        # Parsed once per (decimals, sign): Babel's format_decimal would parse the pattern every call.
-        key = (decimals, signed)
+    def _pattern(self, decimals: int, signed: bool, grouped: bool = True):
+        # Parsed once per (decimals, sign, grouping): Babel's format_decimal would parse the pattern every call.
+        key = (decimals, signed, grouped)
         if key not in self._patterns:
-            body = "#,##0" + ("." + "0" * decimals if decimals else "")
+            body = ("#,##0" if grouped else "0") + ("." + "0" * decimals if decimals else "")
             self._patterns[key] = parse_pattern(f"+{body};-{body}" if signed else body)
         return self._patterns[key]
 
@@ -152,7 +148,7 @@ class Language:
 
     def plain_number(self, value: float, decimals: int) -> str:
         """Without grouping, for chart axes (narrow group separators would need another font)."""
-        return parse_pattern("0" + ("." + "0" * decimals if decimals else "")).apply(value, self.locale)
+        return self._pattern(decimals, False, grouped=False).apply(value, self.locale)
 
     # --- dates ----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from reporting_pipeline.errors import (
     UnitMismatch,
 )
 from reporting_pipeline.operations.dead_letters import record_data_issues, record_dead_letter
+from reporting_pipeline.services.objectstore import sha256_hex
 from reporting_pipeline.services.retry import captured
 from reporting_pipeline.weeks import Week
 
@@ -201,14 +202,12 @@ def _in_definition_order(summary: pd.DataFrame, definition: ReportDefinition | N
     return summary.iloc[rows].reset_index(drop=True)
 
 
-_LOGOS: dict[bytes, Logo] = {}
+_LOGOS: dict[str, Logo] = {}  # by the image's sha256
 
 
 def logo_of(data: bytes, trial_id: str) -> Logo:
     """The logo prepared for the PDF, once per process and image (every report of a trial has it)."""
-    from .fetch import sha256_hex
-
-    key = sha256_hex(data).encode()
+    key = sha256_hex(data)
     if key not in _LOGOS:
         try:
             _LOGOS[key] = Logo(*make_logo(data, "logo"))

@@ -261,8 +261,7 @@ def fetch_batch(db: Database, week: Week, shard_id: str, subscriptions: list[dic
     for meta in file_docs:
         file_metas[(meta.get("trial_id"), meta.get("participant_id"))].append(meta)
 
-    def language(sub: dict) -> str:
-        definition, _ = reports.get(sub["trial_id"], (None, None))
+    def language(sub: dict, definition: ReportDefinition | None) -> str:
         default = trial_default_locale(trials.get(sub["trial_id"]), definition)
         return resolve(locales.get(sub.get("enrollment_id")), default, definition.languages if definition else None)
 
@@ -279,11 +278,12 @@ def fetch_batch(db: Database, week: Week, shard_id: str, subscriptions: list[dic
             records=records.get((sub["trial_id"], sub["participant_id"]), []),
             file_metas=file_metas.get((sub["trial_id"], sub["participant_id"]), []),
             issues=list(raw_issues.get((sub["trial_id"], sub["participant_id"]), [])),
-            language=language(sub),
-            definition=reports.get(sub["trial_id"], (None, None))[0],
-            failure=reports.get(sub["trial_id"], (None, None))[1],
+            language=language(sub, definition),
+            definition=definition,
+            failure=failure,
         )
         for sub in subscriptions
+        for definition, failure in [reports.get(sub["trial_id"], (None, None))]
     ]
 
 

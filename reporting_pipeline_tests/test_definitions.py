@@ -78,3 +78,29 @@ def test_delivery_sensor_launches_one_run_per_materialized_partition_and_never_r
     third = tick(second.cursor)
     assert [r.partition_key for r in third.run_requests] == [keys[0]]
     assert third.run_requests[0].run_key != second.run_requests[0].run_key
+
+
+def test_no_step_output_is_stored_through_dagster():
+    """Every asset stores its own work and returns metadata: Dagster's IO manager is given nothing to pickle,
+    and an asset that returned data would fail instead of having it written to the run's storage."""
+    from dagster import MaterializeResult, asset, materialize
+
+    from reporting_pipeline.defs.resources import NoStoredOutputs
+
+    assert isinstance(defs.resources["io_manager"], NoStoredOutputs)
+
+    @asset
+    def leaks_data():
+        return {"participant": "P-000001", "hr": [72, 75]}
+
+    @asset
+    def metadata_only() -> MaterializeResult:
+        return MaterializeResult(metadata={"rendered": 3})
+
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([metadata_only], instance=instance, resources={"io_manager": NoStoredOutputs()}).success
+        result = materialize([leaks_data], instance=instance, resources={"io_manager": NoStoredOutputs()},
+                             raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].event_specific_data.error
+    assert "leaks_data: assets of this pipeline return metadata only, not a dict" in failure.cause.message

@@ -12,7 +12,7 @@ from reporting_pipeline.settings import Settings, variable_of
 from .assets import report_assets
 from .jobs import report_delivery_job, weekly_reports_job
 from .maintenance import maintenance_definitions
-from .resources import MongoResource, S3Resource, SmtpResource
+from .resources import MongoResource, NoStoredOutputs, S3Resource, SmtpResource
 from .schedules import report_schedule
 from .sensors import report_sensors
 
@@ -36,6 +36,7 @@ def build_resources(settings: Settings) -> dict:
                              max_messages_per_second=settings.smtp_max_messages_per_second,
                              dkim_selector=settings.dkim_selector, dkim_domain=settings.dkim_domain,
                              dkim_private_key=_secret(settings, "dkim_private_key")),
+        "io_manager": NoStoredOutputs(),
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableIOManager, ConfigurableResource
 from pydantic import Field
 
 from reporting_pipeline.services import mongo
@@ -71,3 +71,18 @@ class SmtpResource(ConfigurableResource):
                             dkim_selector=self.dkim_selector, dkim_domain=self.dkim_domain,
                             dkim_private_key=self.dkim_private_key,
                             max_messages_per_second=self.max_messages_per_second)
+
+
+class NoStoredOutputs(ConfigurableIOManager):
+    """The `io_manager` of every asset: they all store their work themselves (S3, MongoDB) and return
+    metadata only, so nothing of a participant's passes between steps through Dagster's storage; a step
+    that returned data would fail here rather than have it pickled to disk. (Dagster's default, the
+    filesystem IO manager, would also import fsspec in every run: a fifth of an empty run's CPU.)"""
+
+    def handle_output(self, context, obj) -> None:
+        if obj is not None:
+            raise TypeError(f"{context.step_key}: assets of this pipeline return metadata only, "
+                            f"not a {type(obj).__name__} for Dagster to store")
+
+    def load_input(self, context):
+        raise TypeError(f"{context.step_key}: assets of this pipeline pass nothing to each other through Dagster")

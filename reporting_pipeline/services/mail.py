@@ -3,6 +3,7 @@ signs, and the one check of an email address that subscribing and delivery share
 
 from __future__ import annotations
 
+import email.headerregistry
 import email.policy
 import re
 import smtplib
@@ -23,8 +24,25 @@ MAX_LINE_LENGTH = 998
 # RFC 2047: an encoded-word is at most 75 characters. Headers that need them (a subject in German or
 # Japanese) are folded at 76, which keeps every encoded-word within that; the rest at 998.
 ENCODED_WORD_LINE_LENGTH = 76
+
+
+class _HeaderClasses(email.headerregistry.HeaderRegistry):
+    """The standard header classes, each made once: the stock registry builds a new class for every header
+    of every message, a tenth of composing an email."""
+
+    def __init__(self):
+        super().__init__()
+        self._made: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        if key not in self._made:
+            self._made[key] = super().__getitem__(name)
+        return self._made[key]
+
+
 # RFC 2045: quoted-printable and base64 body lines are at most 76 characters (Python's SMTP policy allows 78).
-BODY_POLICY = email.policy.SMTP.clone(max_line_length=76)
+BODY_POLICY = email.policy.SMTP.clone(max_line_length=76, header_factory=_HeaderClasses())
 
 
 class _WirePolicy(email.policy.EmailPolicy):
@@ -35,7 +53,7 @@ class _WirePolicy(email.policy.EmailPolicy):
         return super()._fold(name, value, refold_binary)
 
 
-WIRE_POLICY = _WirePolicy(linesep="\r\n", max_line_length=MAX_LINE_LENGTH)
+WIRE_POLICY = _WirePolicy(linesep="\r\n", max_line_length=MAX_LINE_LENGTH, header_factory=_HeaderClasses())
 # Deliberately strict: one @, no spaces or quotes, a dotted domain of valid labels.
 _EMAIL_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from reporting_pipeline.errors import InvalidEmailAddress
+from reporting_pipeline.operations.dead_letters import record_dead_letter
 from reporting_pipeline.local.embedded import Outbox, SmtpServer
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.dkim_sign import DkimConfigError, load_dkim_key
@@ -353,6 +354,32 @@ def test_a_delivery_run_keeps_its_rate_across_batches(clocked_server):
                             pacer=Pacer(4, clock=clock, sleep=clock.sleep))
     assert summary.sent == 5
     assert server.handler.received_at == pytest.approx([100.0, 100.25, 100.5, 100.75, 101.0])
+
+
+def test_every_report_of_every_batch_ends_marked_and_its_delivery_dead_letters_closed(smtp_server):
+    """Marks and dead-letter closes are written once per batch: each report of each batch still gets its own."""
+    db = mongomock.MongoClient(tz_aware=True).db
+    mongo.ensure_indexes(db)
+    for n in range(5):
+        db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
+                                            "status": "active" if n != 3 else "withdrawn", "email": f"p{n}@example.org"})
+        db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
+                                      "s3_key": f"reports/{n}.pdf", "sha256": "abc"})
+    # sub_1 was emailed by an earlier run that died before marking its report; sub_0 and sub_4 failed before.
+    assert claim_delivery(db, "sub_1", WEEK.key, "run-0", timedelta(minutes=5))
+    complete_delivery(db, "sub_1", WEEK.key, "run-0", {"s3_key": "reports/1.pdf", "sha256": "abc"}, "<m@x>")
+    for sub, week in (("sub_0", WEEK.key), ("sub_4", WEEK.key), ("sub_4", "2026-11-09")):
+        record_dead_letter(db, subscription_id=sub, week=week, stage="deliver", error=ConnectionError("refused"))
+    settings = SmtpSettings("127.0.0.1", smtp_server.port, email_from=SENDER)
+    summary = deliver_shard(db, PresigningS3(), "bucket", settings, week=WEEK, shard_id="s01", link_ttl_hours=72,
+                            owner="run-1", unsubscribe_url=UNSUBSCRIBE, batch_size=2)
+    assert (summary.sent, summary.already_sent, summary.not_active) == (3, 1, 1)
+    states = {r["subscription_id"]: r.get("delivery_state") for r in db[mongo.REPORTS].find()}
+    assert states == {"sub_0": "sent", "sub_1": "sent", "sub_2": "sent", "sub_3": "not_active", "sub_4": "sent"}
+    letters = {(d["subscription_id"], d["week"]): d["status"] for d in db[mongo.DEAD_LETTERS].find()}
+    assert letters == {("sub_0", WEEK.key): "resolved", ("sub_4", WEEK.key): "resolved",
+                       ("sub_4", "2026-11-09"): "open"}  # another week's failure is not this run's to close
+    assert sorted(m["To"] for m in smtp_server.handler.messages) == ["p0@example.org", "p2@example.org", "p4@example.org"]
 
 
 @pytest.mark.parametrize("rate", [0, -1, float("nan"), float("inf")])

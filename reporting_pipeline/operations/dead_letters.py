@@ -93,10 +93,13 @@ def record_dead_letter(db: Database, *, subscription_id: str, week: str, stage: 
     ))
 
 
-def resolve_dead_letters(db: Database, *, subscription_id: str, week: str, stages: tuple[str, ...]) -> None:
-    """Close open dead letters once a later attempt got past those stages."""
+def resolve_dead_letters(db: Database, *, subscription_ids: list[str], week: str, stages: tuple[str, ...]) -> None:
+    """Close the open dead letters of these subscribers once a later attempt got past those stages."""
+    if not subscription_ids:
+        return
     call_with_retry(lambda: db[mongo.DEAD_LETTERS].update_many(
-        {"subscription_id": subscription_id, "week": week, "stage": {"$in": list(stages)}, "status": "open"},
+        {"subscription_id": {"$in": list(subscription_ids)}, "week": week, "stage": {"$in": list(stages)},
+         "status": "open"},
         {"$set": {"status": "resolved", "resolved_at": datetime.now(UTC)}},
     ))
 

@@ -211,11 +211,11 @@ def try_claim(db: Database, subscription_id: str, week_key: str, owner: str, lea
     return SENT if current and current.get("status") == "sent" else HELD
 
 
-def mark_report(db: Database, subscription_id: str, week_key: str, state: str) -> None:
-    """Record on the report what delivery made of it (`sent`, `not_active`); reports without it are looked for
-    by the delivery healer (`reporting_pipeline.operations.heal`)."""
-    db[mongo.REPORTS].update_one({"subscription_id": subscription_id, "week": week_key},
-                                 {"$set": {"delivery_state": state}})
+def mark_reports(db: Database, subscription_ids: list[str], week_key: str, state: str) -> None:
+    """Record on reports what delivery made of them (`sent`, `not_active`, `dead_letter`); reports without it are
+    looked for by the delivery healer (`reporting_pipeline.operations.heal`)."""
+    db[mongo.REPORTS].update_many({"subscription_id": {"$in": subscription_ids}, "week": week_key},
+                                  {"$set": {"delivery_state": state}})
 
 
 def complete_delivery(db: Database, subscription_id: str, week_key: str, owner: str, report: dict, msg_id: str) -> None:
@@ -294,6 +294,7 @@ def deliver_shard(
     for batch in _report_batches(db, week.key, shard_id, batch_size):
         ids = [r["subscription_id"] for r in batch]
         subscriptions = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}})}
+        sent = []  # marked once per batch: should the run die first, the healer finds them sent in the ledger
         with SmtpSession(smtp, pacer) as session:
             for report in batch:
                 sub_id = report["subscription_id"]
@@ -302,20 +303,20 @@ def deliver_shard(
                 if subscription is None or subscription.get("status") != "active":
                     summary.not_active += 1
                     if report.get("delivery_state") != "not_active":
-                        call_with_retry(lambda: mark_report(db, sub_id, week.key, "not_active"))
+                        call_with_retry(lambda: mark_reports(db, [sub_id], week.key, "not_active"))
                     continue
                 try:
                     address = validate_email(subscription.get("email"), sub_id)
                 except InvalidEmailAddress as error:
                     record_dead_letter(db, subscription_id=sub_id, week=week.key, stage="deliver", error=error)
-                    call_with_retry(lambda: mark_report(db, sub_id, week.key, "dead_letter"))  # redrive's now
+                    call_with_retry(lambda: mark_reports(db, [sub_id], week.key, "dead_letter"))  # redrive's now
                     summary.failed += 1
                     continue
                 claim = call_with_retry(lambda: try_claim(db, sub_id, week.key, owner, lease, shard_id))
                 if claim == SENT:
                     summary.already_sent += 1
                     if report.get("delivery_state") != "sent":
-                        call_with_retry(lambda: mark_report(db, sub_id, week.key, "sent"))
+                        sent.append(sub_id)
                     continue
                 if claim == HELD:
                     summary.held_elsewhere += 1  # its holder sends it, or the healer once the lease runs out
@@ -343,9 +344,11 @@ def deliver_shard(
                     continue
                 breaker.succeeded()
                 call_with_retry(lambda: complete_delivery(db, sub_id, week.key, owner, report, msg_id))
-                call_with_retry(lambda: mark_report(db, sub_id, week.key, "sent"))
-                resolve_dead_letters(db, subscription_id=sub_id, week=week.key, stages=("deliver",))
+                sent.append(sub_id)
                 summary.sent += 1
+        if sent:
+            call_with_retry(lambda: mark_reports(db, sent, week.key, "sent"))
+            resolve_dead_letters(db, subscription_ids=sent, week=week.key, stages=("deliver",))
     return summary
 
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from reporting_pipeline.errors import InvalidEmailAddress
-from reporting_pipeline.operations.dead_letters import record_dead_letter
 from reporting_pipeline.local.embedded import Outbox, SmtpServer
+from reporting_pipeline.operations.dead_letters import record_dead_letter
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.dkim_sign import DkimConfigError, load_dkim_key
 from reporting_pipeline.services.mail import Pacer, SmtpSession, SmtpSettings, validate_email, wire_bytes

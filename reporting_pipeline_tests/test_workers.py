@@ -50,6 +50,22 @@ def test_results_come_back_in_order_with_failures_in_place_even_those_that_do_no
     assert letters == {"sub_3": ("ClientError", True), "sub_5": ("Unpicklable", False)}
 
 
+def what_a_worker_starts_with(items):
+    import gc
+
+    return [(gc.get_freeze_count(), sorted({"pandas", "reportlab", "boto3"} & set(sys.modules))) for _ in items]
+
+
+def test_workers_start_with_what_they_run_imported_once_and_out_of_the_garbage_collectors_way():
+    """The forkserver's preload is what saves each worker a second and a half of imports; multiprocessing
+    ignores a preload that fails to import, so this is where a broken one shows."""
+    with WorkerPool(2) as pool:
+        started = pool.map(what_a_worker_starts_with, list(range(4)))
+    for frozen, modules in started:
+        assert modules == ["boto3", "pandas", "reportlab"]
+        assert frozen > 50_000  # the imported modules' objects: no worker's collections walk them
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

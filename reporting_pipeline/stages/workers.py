@@ -83,8 +83,9 @@ class Pending:
 # Workers are forked from a server process that imported these once: a worker then starts in
 # milliseconds instead of paying a second of imports (pandas, reportlab, boto3) each. The server is
 # spawned clean, not forked from the run's process, whose threads (pymongo, boto3) a fork could copy
-# mid-lock. One server per run process, shared by every pool it starts.
-PRELOAD = ["reporting_pipeline.stages.stream"]
+# mid-lock. One server per run process, shared by every pool it starts. (An ImportError here is
+# ignored by multiprocessing: each worker would then import on its own.)
+PRELOAD = ["reporting_pipeline.stages.worker_preload"]
 
 
 def _context():

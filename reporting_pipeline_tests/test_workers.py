@@ -14,9 +14,15 @@ from reporting_pipeline.stages.workers import WorkerPool, each
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pids(items):
-    time.sleep(0.3)  # long enough that both workers get chunks
-    return [os.getpid() for _ in items]
+def pids(folders):
+    """Each chunk waits until two processes have taken chunks (each item is the same meeting folder): the
+    pool's first worker cannot take every chunk before the second has started."""
+    meeting = Path(folders[0])
+    (meeting / str(os.getpid())).touch()
+    deadline = time.monotonic() + 30
+    while len(list(meeting.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [os.getpid() for _ in folders]
 
 
 class Unpicklable(Exception):
@@ -33,9 +39,9 @@ def failing(item):
     return item * 10
 
 
-def test_results_come_back_in_order_with_failures_in_place_even_those_that_do_not_pickle():
+def test_results_come_back_in_order_with_failures_in_place_even_those_that_do_not_pickle(tmp_path):
     with WorkerPool(2) as pool:
-        assert len(set(pool.map(pids, list(range(8))))) == 2  # two processes, neither of them this one
+        assert len(set(pool.map(pids, [str(tmp_path)] * 8)) - {os.getpid()}) == 2  # two processes, not this one
         results = pool.map(each(failing), list(range(8)))
     assert [r for i, r in enumerate(results) if i not in (3, 5)] == [0, 10, 20, 40, 60, 70]
     assert isinstance(results[3], ClientError)
@@ -73,17 +79,17 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_workers_exit_when_their_step_process_is_killed():
+def test_workers_exit_when_their_step_process_is_killed(tmp_path):
     script = (
-        "import time\n"
+        "import sys, time\n"
         "from reporting_pipeline.stages.workers import WorkerPool\n"
         "from reporting_pipeline_tests.test_workers import pids\n"
         "if __name__ == '__main__':\n"
         "    pool = WorkerPool(2)\n"
-        "    print(*sorted(set(pool.map(pids, list(range(8))))), flush=True)\n"
+        "    print(*sorted(set(pool.map(pids, [sys.argv[1]] * 8))), flush=True)\n"
         "    time.sleep(120)\n"
     )
-    step = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    step = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     workers = [int(p) for p in step.stdout.readline().split()]
     assert len(workers) == 2 and all(_state(p) not in ("gone", "Z") for p in workers)
     step.send_signal(signal.SIGKILL)

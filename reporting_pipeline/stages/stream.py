@@ -175,41 +175,35 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, results
     # the step's retry stores them again, unchanged, and closes them.)
     stored_ids: dict[str, list[str]] = {}
     for result in results:
-        _count(db, result, stored.get(id(result)), summary, breaker, stored_ids)
+        if isinstance(result, Built):
+            summary.files += result.files
+            summary.fetch_issues += sum(1 for i in result.issues if i.stage == "fetch")
+            summary.aggregate_issues += sum(1 for i in result.issues if i.stage == "aggregate")
+            summary.render_issues += sum(1 for i in result.issues if i.stage == "render")
+            summary.aggregated += 1
+            if result.issues:
+                record_data_issues(db, subscription_id=result.subscription_id, week=result.week_key,
+                                   issues=result.issues)
+            stage, error = "store", stored[id(result)]
+        else:
+            stage, error = result.stage, result.error
+            summary.fetch_failed += stage == "fetch"
+            summary.aggregate_failed += stage == "aggregate"
+            summary.aggregated += stage in ("render",)
+        if error is not None:
+            record_dead_letter(db, subscription_id=result.subscription_id, week=result.week_key, stage=stage,
+                               error=error)
+            summary.failed += stage in ("render", "store")
+            breaker.failed(error)  # an outage, not the data: fail the step, let retries take the shard
+            continue
+        breaker.succeeded()
+        stored_ids.setdefault(result.week_key, []).append(result.subscription_id)
+        summary.rendered += 1
+        summary.pages += result.pages
+        summary.bytes += len(result.pdf)
+        summary.empty_weeks += 0 if result.has_data else 1
     for week_key, ids in stored_ids.items():
         resolve_dead_letters(db, subscription_ids=ids, week=week_key, stages=BUILD_STAGES)
-
-
-def _count(db: Database, result: Built | Failed, store_error: BaseException | None, summary: ShardSummary,
-           breaker: Breaker, stored_ids: dict[str, list[str]]) -> None:
-    """Count one result into `summary`; record its data issues, or its dead letter if it failed."""
-    if isinstance(result, Built):
-        summary.files += result.files
-        summary.fetch_issues += sum(1 for i in result.issues if i.stage == "fetch")
-        summary.aggregate_issues += sum(1 for i in result.issues if i.stage == "aggregate")
-        summary.render_issues += sum(1 for i in result.issues if i.stage == "render")
-        summary.aggregated += 1
-        if result.issues:
-            record_data_issues(db, subscription_id=result.subscription_id, week=result.week_key,
-                               issues=result.issues)
-        stage, error = "store", store_error
-    else:
-        stage, error = result.stage, result.error
-        summary.fetch_failed += stage == "fetch"
-        summary.aggregate_failed += stage == "aggregate"
-        summary.aggregated += stage in ("render",)
-    if error is not None:
-        record_dead_letter(db, subscription_id=result.subscription_id, week=result.week_key, stage=stage,
-                           error=error)
-        summary.failed += stage in ("render", "store")
-        breaker.failed(error)  # an outage, not the data: fail the step, let retries take the shard
-        return
-    breaker.succeeded()
-    stored_ids.setdefault(result.week_key, []).append(result.subscription_id)
-    summary.rendered += 1
-    summary.pages += result.pages
-    summary.bytes += len(result.pdf)
-    summary.empty_weeks += 0 if result.has_data else 1
 
 
 def build_shard(

@@ -161,7 +161,7 @@ class DatabaseCpu:
                "replace_one", "delete_one", "delete_many", "count_documents", "aggregate", "bulk_write")
 
     def __init__(self):
-        self.seconds, self._inside, self._patched = 0.0, threading.local(), []
+        self.seconds, self._inside, self._patched, self._lock = 0.0, threading.local(), [], threading.Lock()
 
     def _timed(self, original):
         def call(*args, **kwargs):
@@ -171,7 +171,9 @@ class DatabaseCpu:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.seconds += time.thread_time() - started  # a float add: atomic enough under the GIL
+                spent = time.thread_time() - started
+                with self._lock:  # several threads add to it
+                    self.seconds += spent
                 self._inside.active = False
         return call
 

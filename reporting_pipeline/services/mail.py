@@ -28,7 +28,7 @@ ENCODED_WORD_LINE_LENGTH = 76
 
 class _HeaderClasses(email.headerregistry.HeaderRegistry):
     """The standard header classes, each made once: the stock registry builds a new class for every header
-    of every message, a tenth of composing an email."""
+    of every message, a fifth of composing an email."""
 
     def __init__(self):
         super().__init__()

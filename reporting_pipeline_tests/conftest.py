@@ -26,6 +26,35 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LAST_WEEK = "2026-11-16"
 
 
+# How pytest-xdist hands out the tests with `--dist loadfile` (`make test`): a file's tests go to one worker
+# together, sharing its module fixtures, but those of SPREAD files (long tests, no module fixtures) go one by
+# one to whichever worker is free; and the longest work is handed out first, not the files with the most
+# tests (a long file begun last runs alone at the end while the other workers idle).
+SPREAD = ("test_faults.py", "test_termination.py", "test_production.py")
+LONGEST_FIRST = ("test_postgres_daemon.py", "test_dev_stack.py", "test_faults.py", "test_termination.py",
+                 "test_production.py", "test_cli.py", "test_pipeline_e2e.py", "test_subscriptions.py",
+                 "test_redrive.py", "test_privacy.py", "test_runs.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests stay in order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if nodeid.split("::")[0].rsplit("/", 1)[-1] in SPREAD else super()._split_scope(nodeid)
+
+    config.option.loadscopereorder = False  # the collection's order (above), not the most tests first
+    return LongestFirst(config, log)
+
+
 @dataclass
 class Pipeline:
     env: dict

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium and chromedriver for reporting_pipeline_tests/test_ui_browser.py; does nothing when both are there.
+# Debian's Chromium and chromedriver for reporting_pipeline_tests/test_dev_stack.py (the UI test); does nothing when both are there.
 set -euo pipefail
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0

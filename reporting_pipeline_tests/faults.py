@@ -51,7 +51,8 @@ class FaultyS3Server:
         return self.app(environ, start_response)
 
     def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: shutdown() waits up to one interval for the serving loop to notice.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def __exit__(self, *exc):

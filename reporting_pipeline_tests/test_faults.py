@@ -26,10 +26,10 @@ from reporting_pipeline.local.demo import materialization_metadata, run_weekly_c
 from reporting_pipeline.local.embedded import Outbox, SmtpServer, patched_env
 from reporting_pipeline.local.seed import seed
 from reporting_pipeline.services import mongo
-from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client
+from reporting_pipeline.services.objectstore import Encryption, make_client
 from reporting_pipeline.weeks import as_utc
 
-from .conftest import LAST_WEEK, NOW
+from .conftest import LAST_WEEK, NOW, seeded_wire_server
 from .faults import CuttableTcpProxy, DeferringOutbox, FaultyS3Server
 
 needs_wire_server = pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
@@ -48,17 +48,13 @@ class World:
 @pytest.fixture
 def world(pipeline):
     """A database and an S3 that several processes share, seeded with 24 subscribers, two weeks of data each."""
-    from reporting_pipeline.local.wire_mongo import MongoWireServer
-
-    s3_server = FaultyS3Server()
-    with MongoWireServer() as server, s3_server, \
-            patched_env({"MONGODB_URI": server.uri, "AWS_ENDPOINT_URL": s3_server.endpoint_url}):
+    with FaultyS3Server() as s3_server:
         s3 = make_client(s3_server.endpoint_url)
-        ensure_bucket(s3, pipeline.bucket)
-        db = mongo.connect(server.uri)["reporting"]
-        seeded = seed(db, s3, pipeline.bucket, pipeline.encryption, subscribers=24, weeks=2, now=NOW)
-        emails = {s["_id"]: s["email"] for s in db[mongo.SUBSCRIPTIONS].find()}
-        yield World(pipeline, db, s3, s3_server, seeded.subscription_ids, emails)
+        with seeded_wire_server(s3, pipeline.bucket, pipeline.encryption, subscribers=24, weeks=2) as (server, ids), \
+                patched_env({"MONGODB_URI": server.uri, "AWS_ENDPOINT_URL": s3_server.endpoint_url}):
+            db = mongo.connect(server.uri)["reporting"]
+            emails = {s["_id"]: s["email"] for s in db[mongo.SUBSCRIPTIONS].find()}
+            yield World(pipeline, db, s3, s3_server, ids, emails)
 
 
 # Long enough that no rerun outlasts it however loaded the machine; tests end a lease by moving its expiry.
@@ -72,6 +68,16 @@ def child(*jobs, **env):
         env={**os.environ, "REPORT_SHARDS": "1", "REPORT_DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+
+
+def render_in_process(instance):
+    """The week's reports of the only shard, rendered in this process: the tests that start with them are about
+    what comes after."""
+    from reporting_pipeline.defs.definitions import build_definitions
+    from reporting_pipeline.settings import Settings
+
+    job = build_definitions(Settings.from_env(shards=1)).resolve_job_def("weekly_reports_job")
+    assert job.execute_in_process(instance=instance, partition_key=report_partition_key(LAST_WEEK, "00")).success
 
 
 class KillAtUpload:
@@ -155,7 +161,7 @@ def test_sigkill_while_delivering_then_rerun_after_the_lease_sends_the_rest_once
     from reporting_pipeline.defs.definitions import build_definitions
     from reporting_pipeline.settings import Settings
 
-    assert child("weekly_reports_job").wait(300) == 0
+    render_in_process(instance)
     handler = KillingOutbox(kill_at=10)
     with SmtpServer(handler) as smtp:
         run = child("report_delivery_job", SMTP_PORT=str(smtp.port))
@@ -226,21 +232,20 @@ def test_one_poison_subscriber_among_50(pipeline, instance):
 @needs_wire_server
 def test_transient_s3_smtp_and_mongodb_failures_are_retried_and_everything_is_delivered(pipeline, instance):
     from reporting_pipeline.defs.definitions import build_definitions
-    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     outbox = DeferringOutbox(defer_first=8)
-    with MongoWireServer() as wire, CuttableTcpProxy(wire.port) as link, FaultyS3Server(fail_ratio=0.2) as s3, \
-            SmtpServer(outbox) as smtp:
+    s3 = FaultyS3Server(fail_ratio=0.2)
+    client = make_client(s3.endpoint_url)
+    with s3, SmtpServer(outbox) as smtp, \
+            seeded_wire_server(client, pipeline.bucket, Encryption(), subscribers=30, weeks=2) as (wire, subscription_ids), \
+            CuttableTcpProxy(wire.port) as link:
         uri = (f"mongodb://127.0.0.1:{link.port}/?directConnection=true&serverSelectionTimeoutMS=800"
                "&connectTimeoutMS=800&socketTimeoutMS=3000")
         env = {"MONGODB_URI": uri, "AWS_ENDPOINT_URL": s3.endpoint_url, "SMTP_PORT": str(smtp.port),
                "REPORT_RETRY_BASE_SECONDS": "0.2", "REPORT_RETRY_CAP_SECONDS": "2",
                "REPORT_REDRIVE_BASE_DELAY_SECONDS": "0"}
         with patched_env(env):
-            client = make_client(s3.endpoint_url)
-            ensure_bucket(client, pipeline.bucket)
             db = mongo.connect(uri)["reporting"]
-            seeded = seed(db, client, pipeline.bucket, Encryption(), subscribers=30, weeks=2, now=NOW)
             definitions = build_definitions()
             s3.enabled = True
             # MongoDB goes away in the middle of the run, whatever the machine's speed: after the
@@ -280,7 +285,7 @@ def test_transient_s3_smtp_and_mongodb_failures_are_retried_and_everything_is_de
             assert max_smtp <= 5 * (1 + redrives)
             assert all(d["attempts"] <= 5 * (1 + d.get("redrives", 0)) for d in letters)
             assert all(d["status"] == "resolved" and d["transient"] for d in letters)
-            assert db[mongo.REPORTS].count_documents({}) == len(seeded.subscription_ids)
+            assert db[mongo.REPORTS].count_documents({}) == len(subscription_ids)
 
 
 def test_unsubscribed_between_render_and_delivery_gets_no_email(pipeline, instance):
@@ -312,7 +317,7 @@ def test_a_delivery_run_killed_between_claim_and_send_heals_without_anyone_actin
     from reporting_pipeline.settings import Settings
 
     lease = 3
-    assert child("weekly_reports_job").wait(300) == 0
+    render_in_process(instance)
     handler = KillingOutbox(kill_at=10)
     with SmtpServer(handler) as smtp:
         run = child("report_delivery_job", SMTP_PORT=str(smtp.port), REPORT_DELIVERY_LEASE_SECONDS=str(lease))

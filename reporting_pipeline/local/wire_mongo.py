@@ -43,16 +43,22 @@ async def _serve(host: str, port: int, engine) -> None:
 
 
 class MongoWireServer:
-    """Runs the wire server in a child process; `uri` is set once it is ready."""
+    """Runs the wire server in a child process; `uri` is set once it is ready.
 
-    def __init__(self, port: int = 0):
+    `seed` (a SeedSpec): its documents are in `database` when the server is ready, loaded in the server's process
+    as `reporting-pipeline dev` loads them; its files are the caller's to upload (`seed.seed_objects`).
+    """
+
+    def __init__(self, port: int = 0, seed=None, database: str = "reporting"):
         self.port = port
+        self.seed, self.database = seed, database
         self.process: subprocess.Popen | None = None
         self.uri = ""
 
     def __enter__(self):
+        seed = ["--database", self.database, "--seed", self.seed.to_json()] if self.seed else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "reporting_pipeline.local.wire_mongo", "--port", str(self.port)],
+            [sys.executable, "-m", "reporting_pipeline.local.wire_mongo", "--port", str(self.port), *seed],
             stdout=subprocess.PIPE, text=True,
         )
         line = (self.process.stdout.readline() or "").split()

@@ -81,14 +81,13 @@ def test_a_bad_setting_is_one_line_naming_the_variable(command):
 def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeline, instance):
     from reporting_pipeline.local.demo import run_weekly_cycle
     from reporting_pipeline.local.embedded import patched_env
-    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
-    from .conftest import LAST_WEEK, NOW
+    from .conftest import LAST_WEEK, NOW, seeded_wire_server
 
-    with MongoWireServer() as server, patched_env({"MONGODB_URI": server.uri}):
+    with seeded_wire_server(pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=1) as (
+            server, subscription_ids), patched_env({"MONGODB_URI": server.uri}):
         db = mongo.connect(server.uri)["reporting"]
-        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=1, now=NOW)
-        db[mongo.SUBSCRIPTIONS].update_one({"_id": seeded.subscription_ids[0]}, {"$set": {"email": "nope"}})
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": subscription_ids[0]}, {"$set": {"email": "nope"}})
         run_weekly_cycle(pipeline.definitions(), instance, NOW)
         env = {**pipeline.env, "MONGODB_URI": server.uri}
         env.pop("DAGSTER_HOME", None)
@@ -102,21 +101,21 @@ def test_status_reports_each_shard_and_fails_while_the_week_is_incomplete(pipeli
         assert sent == 5 and 'reporting_delivery_latency_seconds_count{week="' + LAST_WEEK + '"} 5' in metrics
 
         db[mongo.DEAD_LETTERS].update_many({}, {"$set": {"status": "resolved"}})
-        db[mongo.SUBSCRIPTIONS].update_one({"_id": seeded.subscription_ids[0]}, {"$set": {"status": "unsubscribed"}})
+        db[mongo.SUBSCRIPTIONS].update_one({"_id": subscription_ids[0]}, {"$set": {"status": "unsubscribed"}})
         done = cli("status", "--week", LAST_WEEK, env=env)
         assert done.returncode == 0 and done.stdout.strip().endswith("complete")
 
         # A delivery run died holding a claim: the week is not complete while it is held.
-        db[mongo.DELIVERIES].update_one({"subscription_id": seeded.subscription_ids[1]},
+        db[mongo.DELIVERIES].update_one({"subscription_id": subscription_ids[1]},
                                         {"$set": {"status": "sending"}})
         done = cli("status", "--week", LAST_WEEK, env=env)
         total = next(line for line in done.stdout.splitlines() if line.startswith("total")).split()
         assert done.returncode == 1 and total[4] == "1" and "INCOMPLETE" in done.stdout
-        db[mongo.DELIVERIES].update_one({"subscription_id": seeded.subscription_ids[1]}, {"$set": {"status": "sent"}})
+        db[mongo.DELIVERIES].update_one({"subscription_id": subscription_ids[1]}, {"$set": {"status": "sent"}})
 
         # A delivered report's object is gone (deleted by hand, or by a repair of old): its email's link is
         # dead, so the week is not complete, whatever the records say.
-        gone = db[mongo.REPORTS].find_one({"subscription_id": seeded.subscription_ids[2]})
+        gone = db[mongo.REPORTS].find_one({"subscription_id": subscription_ids[2]})
         kept = pipeline.s3.get_object(Bucket=pipeline.bucket, Key=gone["s3_key"])["Body"].read()
         pipeline.s3.delete_object(Bucket=pipeline.bucket, Key=gone["s3_key"])
         done = cli("status", "--week", LAST_WEEK, env=env)

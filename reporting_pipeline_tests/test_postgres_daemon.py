@@ -24,10 +24,9 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from reporting_pipeline.local.embedded import patched_env
-from reporting_pipeline.local.seed import seed
 from reporting_pipeline.services import mongo
 
-from .conftest import LAST_WEEK, NOW
+from .conftest import LAST_WEEK, seeded_wire_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -137,17 +136,16 @@ class Observer:
 
 
 def test_daemon_on_postgres_queues_runs_within_limits_and_delivers_one_email_each(pipeline, database, tmp_path):
-    from reporting_pipeline.local.wire_mongo import MongoWireServer
-
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml()))
     marker = f"REPORTING_DAEMON_TEST={uuid.uuid4().hex}"
     partitions = [f"{shard:02d}|{LAST_WEEK}" for shard in range(SHARDS)]
 
-    with MongoWireServer() as wire, patched_env({"MONGODB_URI": wire.uri, **database}):
+    with seeded_wire_server(pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=SUBSCRIBERS,
+                            weeks=2) as (wire, subscription_ids), \
+            patched_env({"MONGODB_URI": wire.uri, **database}):
         db = mongo.connect(wire.uri)["reporting"]
-        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=SUBSCRIBERS, weeks=2, now=NOW)
         emails = {s["_id"]: s["email"] for s in db[mongo.SUBSCRIPTIONS].find()}
         env = {**os.environ, "DAGSTER_HOME": str(home), "REPORT_SHARDS": str(SHARDS),
                marker.split("=")[0]: marker.split("=")[1]}
@@ -221,5 +219,5 @@ def test_daemon_on_postgres_queues_runs_within_limits_and_delivers_one_email_eac
             assert sorted(r.tags["dagster/partition"] for r in observer.of("weekly_reports_job")) == partitions
             assert 1 <= observer.max_started <= MAX_CONCURRENT_RUNS and observer.max_active <= MAX_CONCURRENT_RUNS
             assert set(recipients) == set(emails.values()) and set(recipients.values()) == {1}
-            assert db[mongo.REPORTS].count_documents({"week": LAST_WEEK}) == len(seeded.subscription_ids)
+            assert db[mongo.REPORTS].count_documents({"week": LAST_WEEK}) == len(subscription_ids)
             assert exit_code == 0 and not left, daemon_log[-3000:]

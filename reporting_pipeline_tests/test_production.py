@@ -37,12 +37,11 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job
 
 from reporting_pipeline.local.embedded import free_port
-from reporting_pipeline.local.seed import seed
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.objectstore import ensure_bucket
 
 from . import helm_chart
-from .conftest import LAST_WEEK, NOW
+from .conftest import LAST_WEEK, seeded_wire_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -401,17 +400,15 @@ def test_runs_getting_the_code_servers_config_would_be_sized_and_privileged_as_t
 def test_code_server_and_run_pod_work_on_a_read_only_root_filesystem(pipeline, tmp_path, monkeypatch):
     """The code server's pod and the run's Job, started as their specs say: only /tmp is writable. The run
     renders and stores the shard's reports and its step logs reach S3."""
-    from reporting_pipeline.local.wire_mongo import MongoWireServer
-
     values = helm_values()
     logs_bucket = f"{pipeline.bucket}-logs"
     secret_names = {"MONGODB_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SMTP_USERNAME", "SMTP_PASSWORD"}
     # The run storage stands in for PostgreSQL: outside /tmp, which the pods mount over.
     storage = Path(tempfile.mkdtemp(prefix="reporting-run-storage-", dir="/var/tmp"))
     try:
-        with MongoWireServer() as wire, KubeApiRecorder() as api:
+        with seeded_wire_server(pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2) as (
+                wire, subscription_ids), KubeApiRecorder() as api:
             db = mongo.connect(wire.uri)["reporting"]
-            seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
             ensure_bucket(pipeline.s3, logs_bucket)
             config_map = {**{k: v for k, v in pipeline.env.items() if k not in secret_names}, "REPORT_SHARDS": "1",
                           "DAGSTER_COMPUTE_LOGS_BUCKET": logs_bucket, "DAGSTER_COMPUTE_LOGS_PREFIX": "compute-logs"}
@@ -433,7 +430,7 @@ def test_code_server_and_run_pod_work_on_a_read_only_root_filesystem(pipeline, t
 
             with DagsterInstance.from_config(str(home)) as instance:
                 assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS
-            assert db[mongo.REPORTS].count_documents({}) == len(seeded.subscription_ids)
+            assert db[mongo.REPORTS].count_documents({}) == len(subscription_ids)
         logs = [o["Key"] for o in pipeline.s3.list_objects_v2(Bucket=logs_bucket).get("Contents", [])]
         assert logs and all(key.startswith("compute-logs/") for key in logs)
         assert "Read-only file system" not in pod.stderr

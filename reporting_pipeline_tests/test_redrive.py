@@ -16,7 +16,7 @@ from reporting_pipeline.operations.redrive import REDRIVE_REQUESTS
 from reporting_pipeline.services import mongo
 from reporting_pipeline.sharding import shard_of
 
-from .conftest import LAST_WEEK, NOW
+from .conftest import LAST_WEEK, NOW, seeded_wire_server
 
 
 def cli(*args, env):
@@ -27,14 +27,13 @@ def cli(*args, env):
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
 def test_dead_letter_redrive_reruns_only_what_is_not_done(pipeline, instance):
     from reporting_pipeline.local.embedded import patched_env
-    from reporting_pipeline.local.wire_mongo import MongoWireServer
 
     # The CLI runs in its own process, so the database must be a server both can reach.
-    with MongoWireServer() as server, patched_env({"MONGODB_URI": server.uri}):
+    with seeded_wire_server(pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2) as (
+            server, subscription_ids), patched_env({"MONGODB_URI": server.uri}):
         env = {**pipeline.env, "MONGODB_URI": server.uri}
         db = mongo.connect(server.uri)["reporting"]
-        seeded = seed(db, pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
-        victim = seeded.subscription_ids[2]
+        victim = subscription_ids[2]
         db[mongo.SUBSCRIPTIONS].update_one({"_id": victim}, {"$set": {"email": "broken@@example"}})
         definitions = pipeline.definitions()
         run_weekly_cycle(definitions, instance, NOW)

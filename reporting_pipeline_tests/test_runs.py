@@ -12,11 +12,10 @@ from reporting_pipeline.defs.assets import only_subscribers
 from reporting_pipeline.defs.partitions import report_partition_key
 from reporting_pipeline.local.demo import materialization_metadata
 from reporting_pipeline.local.embedded import patched_env
-from reporting_pipeline.local.seed import seed
 from reporting_pipeline.services import mongo
-from reporting_pipeline.services.objectstore import ensure_bucket, make_client
+from reporting_pipeline.services.objectstore import make_client
 
-from .conftest import LAST_WEEK, NOW
+from .conftest import LAST_WEEK, seeded_wire_server
 from .faults import FaultyS3Server
 
 pytestmark = pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
@@ -44,19 +43,16 @@ def stored_bytes(root, skip) -> list[tuple[str, bytes]]:
 
 def test_a_retried_run_reports_on_its_own_subscribers_and_nothing_personal_is_stored_between_stages(
         pipeline, tmp_path):
-    from reporting_pipeline.local.wire_mongo import MongoWireServer
-
     # Uploads of reports fail while `outage` is on: the run's one step fails after its retries.
     s3 = FaultyS3Server(fail_if=lambda method, path: method == "PUT" and "/reports/" in path)
     home = tmp_path / "dagster"
     home.mkdir()
-    with MongoWireServer() as server, s3, instance_for_test(temp_dir=str(home)) as instance, \
+    client = make_client(s3.endpoint_url)
+    with s3, seeded_wire_server(client, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2) as (
+            server, subscription_ids), instance_for_test(temp_dir=str(home)) as instance, \
             patched_env({"MONGODB_URI": server.uri, "AWS_ENDPOINT_URL": s3.endpoint_url, "REPORT_SHARDS": "1",
                          "REPORT_RETRY_ATTEMPTS": "2"}):
-        client = make_client(s3.endpoint_url)
-        ensure_bucket(client, pipeline.bucket)
         db = mongo.connect(server.uri)["reporting"]
-        seeded = seed(db, client, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2, now=NOW)
         key = report_partition_key(LAST_WEEK, "00")
 
         s3.enabled = True
@@ -66,7 +62,7 @@ def test_a_retried_run_reports_on_its_own_subscribers_and_nothing_personal_is_st
         s3.enabled = False
         # Meanwhile a first-report run for one new subscriber writes the same partition.
         first_report = execute_job(reconstructable(weekly_reports_job), instance=instance, tags=tags_for(key),
-                                   run_config=only_subscribers(seeded.subscription_ids[:1]))
+                                   run_config=only_subscribers(subscription_ids[:1]))
         assert first_report.success
         # The daemon's run retry: the failed run re-executed from its failure, with the parent's tags.
         retried = execute_job(reconstructable(weekly_reports_job), instance=instance,
@@ -77,7 +73,7 @@ def test_a_retried_run_reports_on_its_own_subscribers_and_nothing_personal_is_st
         assert pids == {os.getpid()}  # the step ran in the run worker: one process per run
         rendered = materialization_metadata(retried, "report_pdfs")["rendered"]
         assert rendered == 6  # all of the shard, not the first report's one subscriber
-        assert sorted(r["subscription_id"] for r in db[mongo.REPORTS].find()) == sorted(seeded.subscription_ids)
+        assert sorted(r["subscription_id"] for r in db[mongo.REPORTS].find()) == sorted(subscription_ids)
 
         assert execute_job(reconstructable(report_delivery_job), instance=instance, tags=tags_for(key)).success
         assert execute_job(reconstructable(report_delivery_job), instance=instance, tags=tags_for(key)).success

@@ -104,3 +104,27 @@ def test_no_step_output_is_stored_through_dagster():
     assert not result.success
     failure = result.get_step_failure_events()[0].event_specific_data.error
     assert "leaks_data: assets of this pipeline return metadata only, not a dict" in failure.cause.message
+
+
+def test_loading_the_definitions_leaves_the_renderers_libraries_to_report_runs():
+    """The code server, the daemon's sensors and every delivery or maintenance run load the code location; only a
+    report run renders. pandas and reportlab cost those processes about a CPU-second each if imported at load."""
+    import subprocess
+    import sys
+
+    heavy = ("pandas", "reportlab", "PIL")
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, importlib; importlib.import_module('reporting_pipeline.defs.definitions').defs;"
+         f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+
+
+def test_the_delivery_and_subscription_sensors_tick_as_configured():
+    from reporting_pipeline.defs.definitions import build_definitions
+
+    for interval in (30, 5):
+        configured = build_definitions(Settings(sensor_interval_seconds=interval))
+        assert {name: configured.resolve_sensor_def(name).minimum_interval_seconds
+                for name in ("report_delivery_sensor", "subscription_sensor")} == {
+            "report_delivery_sensor": interval, "subscription_sensor": interval}

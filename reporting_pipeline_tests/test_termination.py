@@ -290,6 +290,13 @@ class Unanswering:
             connection.close()
 
 
+@pytest.fixture
+def unanswering():
+    mongodb = Unanswering()
+    yield mongodb
+    mongodb.close()
+
+
 def test_a_code_server_stops_within_the_grace_period_while_a_sensor_waits_on_mongodb(server_env, tmp_path):
     """A sensor tick in flight when SIGTERM comes holds the code server until it returns: with pymongo's
     default 30 s server selection, a tick against an unreachable MongoDB held it 30.1 s, past the grace period.
@@ -330,9 +337,9 @@ def _error_classes(error) -> list[str]:
     return classes
 
 
-def test_a_run_worker_as_pid_1_stops_on_sigterm_mid_step_and_its_run_is_retried(production_home, tmp_path):
+def test_a_run_worker_as_pid_1_stops_on_sigterm_mid_step_and_its_run_is_retried(production_home, unanswering, tmp_path):
     """`dagster api execute_run` exactly as the K8sRunLauncher's Job runs it, on runs it launched, signalled
-    while the run's first step waits on MongoDB (unreachable here), as a pod being evicted or drained is.
+    once the run's step has connected to MongoDB (which never answers here), as a pod being evicted or drained is.
 
     Dagster retries a step with a RetryPolicy that was interrupted, so the run went on until the kubelet's
     SIGKILL. Now the step fails at once without a step retry, the worker exits within the grace period, and
@@ -341,7 +348,7 @@ def test_a_run_worker_as_pid_1_stops_on_sigterm_mid_step_and_its_run_is_retried(
     """
     home, api = production_home
     env = {**os.environ, "DAGSTER_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/"}  # nothing listens there
+           "MONGODB_URI": f"mongodb://127.0.0.1:{unanswering.port}/"}
     # (init, terminated from the UI): evicted without an init and under tini; the UI's Terminate, under tini.
     cases = [(False, False), (True, False), (True, True)]
     partitions = [f"{shard:02d}|{LAST_WEEK}" for shard in range(len(cases))]
@@ -362,12 +369,10 @@ def test_a_run_worker_as_pid_1_stops_on_sigterm_mid_step_and_its_run_is_retried(
         assert "command" not in container  # its args follow the image's ENTRYPOINT: tini
         run_id = job["metadata"]["labels"]["dagster/run-id"]
         pod_env = {**env, **{e["name"]: e["value"] for e in container["env"] if "value" in e}, "DAGSTER_HOME": str(home)}
+        unanswering.reached.clear()
         with Pod(container["args"], init=init, env=pod_env, log=tmp_path / f"run-{run_id}.log") as pod:
-            deadline = time.monotonic() + START_TIMEOUT
-            while not instance.all_logs(run_id, of_type=DagsterEventType.STEP_START):
-                assert pod.process.poll() is None, f"run worker exited first: {pod.tail()}"
-                assert time.monotonic() < deadline, f"no step started in {START_TIMEOUT} s: {pod.tail()}"
-                time.sleep(0.2)
+            # Its first call to MongoDB is when the step is surely under way, however slowly the pod started.
+            assert unanswering.reached.wait(START_TIMEOUT), f"the step never reached MongoDB: {pod.tail()}"
             if terminated:  # what K8sRunLauncher.terminate does: mark the run canceling, then delete the Job
                 instance.report_run_canceling(instance.get_run_by_id(run_id))
             seconds, status = pod.wait_gone(pod.sigterm())

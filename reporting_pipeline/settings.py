@@ -158,6 +158,8 @@ VARIABLES: tuple[Var, ...] = (
         help="age before reconciliation treats an unregistered object as an orphan"),
     Var("REPORT_DELIVERY_LEASE_SECONDS", "delivery_lease_seconds", _int, _between(1, 86_400),
         help="how long a delivery claim is held"),
+    Var("REPORT_SENSOR_INTERVAL_SECONDS", "sensor_interval_seconds", _int, _between(1, 3600),
+        help="how often the delivery and subscription sensors look for work"),
     Var("REPORT_UNSUBSCRIBE_URL", "unsubscribe_url", check=_one_click_url, help="base of one-click unsubscribe links"),
     Var("REPORT_RETRY_ATTEMPTS", "retry_attempts", _int, _between(1, 20), help="in-step tries of a transient error"),
     Var("REPORT_RETRY_BASE_SECONDS", "retry_base_seconds", _float, _between(0.0, 600.0), help="first backoff"),
@@ -208,6 +210,7 @@ class Settings:
     retention_days: int = 90
     orphan_grace_hours: int = 24
     delivery_lease_seconds: int = 900
+    sensor_interval_seconds: int = 30
     unsubscribe_url: str = "http://localhost:8080/v1/unsubscribe"
     retry_attempts: int = 5
     retry_base_seconds: float = 0.5

@@ -97,7 +97,8 @@ def _queued_requests(context: SensorEvaluationContext, db, *, first_reports: boo
 def report_sensors(settings: Settings) -> list:
     """The pipeline's sensors, with the deployment's redrive policy, shards and week timezone."""
 
-    @sensor(job=report_delivery_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+    @sensor(job=report_delivery_job, minimum_interval_seconds=settings.sensor_interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING)
     def report_delivery_sensor(context: SensorEvaluationContext) -> SensorResult:
         """One delivery run per `report_pdfs` materialization, in order, none skipped."""
         result = context.instance.fetch_materializations(
@@ -192,7 +193,8 @@ def report_sensors(settings: Settings) -> list:
                                        partition=partition, run_id=run.run_id, attempts=attempts, reason=reason,
                                        ui_url=settings.dagster_ui_url))
 
-    @sensor(jobs=[weekly_reports_job], minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+    @sensor(jobs=[weekly_reports_job], minimum_interval_seconds=settings.sensor_interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING)
     def subscription_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
         """Validates new and changed subscriptions, asks for first reports, and follows enrollment withdrawals."""
         db = mongo.get_db()

@@ -307,6 +307,7 @@ def _environment(args, home: Path, ui_url: str, embedded_mongo: bool, embedded_s
     env.setdefault("REPORTS_BUCKET", "clinical-reports")
     env.setdefault("DAGSTER_UI_URL", ui_url)
     env.setdefault("EMAIL_FROM", "reports@trial-reports.example.org")
+    env.setdefault("REPORT_SENSOR_INTERVAL_SECONDS", "5")  # a developer waits for the emails of a run they started
     if embedded_mongo:
         env["MONGODB_URI"] = f"mongodb://127.0.0.1:{args.mongo_port}/?directConnection=true"
         if not args.no_seed:  # partitions start at the first seeded week, not in 2025

@@ -106,17 +106,18 @@ def test_no_step_output_is_stored_through_dagster():
     assert "leaks_data: assets of this pipeline return metadata only, not a dict" in failure.cause.message
 
 
-def test_loading_the_definitions_leaves_the_renderers_libraries_to_report_runs():
-    """The code server, the daemon's sensors and every delivery or maintenance run load the code location; only a
-    report run renders. pandas and reportlab cost those processes about a CPU-second each if imported at load."""
+def test_only_processes_that_render_import_the_renderers_libraries():
+    """The code server, the daemon's sensors and every delivery or maintenance run load the code location, and a
+    report run whose shard needs workers only fetches and stores: pandas and reportlab (about a CPU-second and
+    60 MiB) belong in the workers' forkserver, and in a run rendering a one-batch shard itself."""
     import subprocess
     import sys
 
     heavy = ("pandas", "reportlab", "PIL")
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, importlib; importlib.import_module('reporting_pipeline.defs.definitions').defs;"
-         f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"],
-        capture_output=True, text=True, check=True).stdout.split()
+    script = ("import sys, importlib; importlib.import_module('reporting_pipeline.defs.definitions').defs; "
+              "from reporting_pipeline.stages.stream import build_shard; "
+              f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
 
 

@@ -29,9 +29,7 @@ from reporting_pipeline.services.objectstore import Encryption, make_client
 from reporting_pipeline.services.retry import Backoff, Breaker, call_with_retry, captured, configure
 from reporting_pipeline.weeks import Week
 
-from .aggregate import aggregate_many
 from .fetch import SubscriberWeek, count_subscriptions, iter_subscriber_batches, load_files
-from .render import render_report_checked
 from .store import store_report
 from .workers import WorkerPool, lookahead
 
@@ -88,6 +86,11 @@ def _s3(job: BuildJob):
 
 def build_chunk(job: BuildJob, bundles: list[SubscriberWeek]) -> list[Built | Failed]:
     """Download, aggregate and render some subscribers (in a worker process); one result each, in order."""
+    # Imported on first use: workers have them from the forkserver's preload (worker_preload.py), and a run
+    # whose shard needs workers never renders itself, so its process need not hold pandas and reportlab.
+    from .aggregate import aggregate_many
+    from .render import render_report_checked
+
     configure(job.backoff)
     loaded = load_files(_s3(job), job.bucket, bundles)
     # One pandas pass for every subscriber whose files arrived.

@@ -25,6 +25,7 @@ from dagster import (
 from reporting_pipeline.services.retry import Backoff as RetryBackoff
 from reporting_pipeline.settings import Settings
 from reporting_pipeline.stages.notify import deliver_shard
+from reporting_pipeline.stages.stream import BuildJob, ShardSummary, build_shard
 from reporting_pipeline.weeks import Week
 
 from .partitions import report_partitions, split_partition_key
@@ -96,18 +97,13 @@ def report_assets(settings: Settings) -> list:
     def build_reports(context: AssetExecutionContext, config: BuildConfig, mongo: MongoResource, s3: S3Resource):
         """Fetch, aggregate, render and store the week's report of every subscriber of the shard, batch by batch."""
         week, shard_id = week_and_shard(context)
-        with stop_when_interrupted(context):  # the import too: under load it takes seconds a SIGTERM may fall in
-            # Imported here, not at the top: pandas and reportlab (~1 CPU-s) are for report runs only, and every
-            # process that loads these definitions (code server, daemon, delivery and maintenance runs) would pay it.
-            from reporting_pipeline.stages.stream import BuildJob, ShardSummary, build_shard
+        job = BuildJob(s3.endpoint_url, s3.region, s3.bucket, settings.timezone, RetryBackoff.from_settings(settings))
 
-            job = BuildJob(s3.endpoint_url, s3.region, s3.bucket, settings.timezone,
-                           RetryBackoff.from_settings(settings))
+        def progress(summary: ShardSummary) -> None:
+            context.log.info(f"week {week.key} shard {shard_id}: {summary.subscribers} subscribers fetched, "
+                             f"{summary.rendered} reports stored, {summary.failed} failed")
 
-            def progress(summary: ShardSummary) -> None:
-                context.log.info(f"week {week.key} shard {shard_id}: {summary.subscribers} subscribers fetched, "
-                                 f"{summary.rendered} reports stored, {summary.failed} failed")
-
+        with stop_when_interrupted(context):
             summary = build_shard(mongo.get_db(), s3.get_client(), s3.encryption(), job, week=week,
                                   shard_id=shard_id, shard_count=settings.shards, batch_size=settings.batch_size,
                                   workers=settings.worker_processes, only=config.subscription_ids or None,

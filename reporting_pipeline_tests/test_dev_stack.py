@@ -322,7 +322,7 @@ def _assert_not_blank(png: Path) -> None:
 
 
 def test_report_pdfs_partitions_show_week_by_shard_status(stack, partition_run, browser, tmp_path):
-    """First: it needs no emails, so the sensor's next tick (every 30 s) is awaited meanwhile."""
+    """First: it needs no emails, so the delivery sensor's next tick is awaited meanwhile."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -371,7 +371,7 @@ def test_partition_run_is_emailed_by_the_sensor_with_a_working_link(stack, parti
     week, shard, members, _, run_seconds, ran = partition_run
     db = pymongo.MongoClient(stack.mongo_uri, tz_aware=True)["reporting"]
     addresses = {s["email"]: s["_id"] for s in db.subscriptions.find({"_id": {"$in": members}})}
-    deadline = time.monotonic() + 150  # the sensor ticks every 30 s; then a delivery run starts
+    deadline = time.monotonic() + 150  # the sensor ticks (every 5 s in the dev stack); then a delivery run starts
     while len(entries := [e for e in read_outbox(stack.outbox) if e.to in addresses]) < len(members):
         assert time.monotonic() < deadline, f"{len(entries)}/{len(members)} emails:\n{stack.output()[-4000:]}"
         time.sleep(1)

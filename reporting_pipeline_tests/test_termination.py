@@ -297,29 +297,25 @@ def unanswering():
     mongodb.close()
 
 
-def test_a_code_server_stops_within_the_grace_period_while_a_sensor_waits_on_mongodb(server_env, tmp_path):
+def test_a_code_server_stops_within_the_grace_period_while_a_sensor_waits_on_mongodb(server_env, unanswering, tmp_path):
     """A sensor tick in flight when SIGTERM comes holds the code server until it returns: with pymongo's
     default 30 s server selection, a tick against an unreachable MongoDB held it 30.1 s, past the grace period.
     The tick here is asked for as the daemon asks (the code server's sensor call, through `dagster sensor
     preview`), and SIGTERM is sent once the sensor's client has connected to a MongoDB that never answers."""
-    mongodb = Unanswering()
     port = free_port()
-    env = {**server_env, "MONGODB_URI": f"mongodb://127.0.0.1:{mongodb.port}/"}  # no timeout options of its own
-    try:
-        with Pod(server_argv("code-server", port), init=True, env=env, log=tmp_path / "server.log") as pod:
-            wait_until_serving(port, pod)
-            tick = subprocess.Popen(["dagster", "sensor", "preview", "subscription_sensor", "--grpc-host", "127.0.0.1",
-                                     "--grpc-port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-            try:
-                assert mongodb.reached.wait(START_TIMEOUT), f"the sensor never reached MongoDB: {pod.tail()}"
-                assert tick.poll() is None, tick.stdout.read()
-                seconds, status = pod.terminate()
-                tick_output = tick.communicate(timeout=GRACE)[0]
-            finally:
-                tick.kill()
-    finally:
-        mongodb.close()
+    env = {**server_env, "MONGODB_URI": f"mongodb://127.0.0.1:{unanswering.port}/"}  # no timeout options of its own
+    with Pod(server_argv("code-server", port), init=True, env=env, log=tmp_path / "server.log") as pod:
+        wait_until_serving(port, pod)
+        tick = subprocess.Popen(["dagster", "sensor", "preview", "subscription_sensor", "--grpc-host", "127.0.0.1",
+                                 "--grpc-port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            assert unanswering.reached.wait(START_TIMEOUT), f"the sensor never reached MongoDB: {pod.tail()}"
+            assert tick.poll() is None, tick.stdout.read()
+            seconds, status = pod.terminate()
+            tick_output = tick.communicate(timeout=GRACE)[0]
+        finally:
+            tick.kill()
     print(f"\ncode-server under tini, a sensor tick waiting on an unanswering MongoDB: exited {seconds:.1f} s after "
           f"SIGTERM, status {status}")
     assert seconds < GRACE

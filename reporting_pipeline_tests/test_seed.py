@@ -79,3 +79,39 @@ def test_seeding_twice_adds_nothing(pipeline):
     counts = {name: pipeline.db[name].count_documents({}) for name in COLLECTIONS}
     assert counts[mongo.SUBSCRIPTIONS] == counts[mongo.ENROLLMENTS] == 3
     assert len(objects(pipeline.s3, pipeline.bucket)) == counts[mongo.FILES] > 0
+
+
+def test_the_s3_stand_in_keeps_a_connection_open_request_after_request_as_s3_does():
+    """Clients reuse connections (S3 keeps them open). Over one socket, as a client sends them: every response
+    is whole and the next request answered, after refusals, HEADs (no body) and chunked uploads too."""
+    from http.client import HTTPConnection
+
+    from reporting_pipeline.local.embedded import S3Server
+
+    with S3Server() as server:
+        connection = HTTPConnection("127.0.0.1", server.server.server_port, timeout=30)
+
+        def send(method: str, path: str, body=None, **headers) -> tuple[int, dict, bytes]:
+            connection.request(method, path, body=body, headers=headers,
+                               encode_chunked=headers.get("Transfer-Encoding") == "chunked")
+            response = connection.getresponse()
+            data = response.read()
+            assert not response.will_close, f"{method} {path}: the server closed the connection"
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+        assert send("PUT", "/keep-alive-bucket")[0] == 200
+        connection.connect()  # from here on, one socket
+        socket = connection.sock
+        public = {"x-amz-acl": "public-read"}  # unsigned GETs may read it
+        assert send("PUT", "/keep-alive-bucket/note.txt", b"hello", **public)[0] == 200
+        assert send("PUT", "/no-such-bucket/big.bin", b"x" * 200_000)[0] == 404
+        assert send("GET", "/keep-alive-bucket/note.txt")[2] == b"hello"
+        status, headers, body = send("HEAD", "/keep-alive-bucket/note.txt")
+        assert (status, headers["content-length"], body) == (200, "5", b"")
+        chunked = {"Transfer-Encoding": "chunked", **public}
+        assert send("PUT", "/keep-alive-bucket/parts.txt", iter([b"ab", b"cd"]), **chunked)[0] == 200
+        assert send("GET", "/keep-alive-bucket/parts.txt")[2] == b"abcd"
+        assert send("GET", "/keep-alive-bucket/missing.txt")[0] == 404
+        assert send("GET", "/keep-alive-bucket/note.txt")[2] == b"hello"
+        assert connection.sock is socket  # http.client reconnects silently if the server closed it
+        connection.close()

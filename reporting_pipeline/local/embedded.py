@@ -90,6 +90,75 @@ class SmtpServer:
         self.controller.stop()
 
 
+def _keep_alive_handler():
+    """moto's request handler, answering over persistent HTTP/1.1 connections as S3 does.
+
+    Werkzeug's development server closes the connection after every response, so each request paid a
+    TCP connect and teardown on both sides, which S3's persistent connections do not cost: measured, a
+    tenth of boto3's CPU per GET (4.5 -> 4.1 ms) and a fifth of the stand-in's CPU in a 500-report run.
+    """
+    from io import BytesIO
+
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class KeepAliveHandler(MotoRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 120  # an idle connection's thread ends (clients reconnect), as S3 drops idle connections
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out as separate writes: with Nagle's algorithm the body would wait for
+            # the client's delayed ACK of the headers (40 ms a response) on a kept-alive connection.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def run_wsgi(self) -> None:
+            if self.headers.get("Expect", "").lower().strip() == "100-continue":
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            environ = self.make_environ()
+            # The whole body is read before the app runs: whatever it left unread would be taken for the
+            # next request on the connection. (Chunked bodies arrive de-chunked from make_environ.)
+            if environ.get("wsgi.input_terminated"):
+                body = environ["wsgi.input"].read()
+            else:
+                body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = BytesIO(body)
+            response: list = []
+            chunks: list[bytes] = []
+
+            def start_response(status, headers, exc_info=None):
+                response[:] = [status, headers]
+                return chunks.append
+
+            try:
+                result = self.server.app(environ, start_response)
+                try:
+                    chunks.extend(result)
+                finally:
+                    getattr(result, "close", lambda: None)()
+            except Exception as error:  # as werkzeug's server does: a 500, and the connection closed
+                self.server.log("error", f"Error on request: {error!r}")
+                response[:] = ["500 Internal Server Error", [("Content-Type", "text/plain")]]
+                chunks[:] = [b"Internal Server Error"]
+                self.close_connection = True
+            status, headers = response
+            code, _, reason = status.partition(" ")
+            self.send_response(int(code), reason)
+            names = set()
+            for name, value in headers:
+                self.send_header(name, value)
+                names.add(name.lower())
+            payload = b"".join(chunks)
+            no_body = environ["REQUEST_METHOD"] == "HEAD" or int(code) in (204, 304) or int(code) < 200
+            if "content-length" not in names and not no_body:
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if not no_body:
+                self.wfile.write(payload)
+            self.wfile.flush()
+
+    return KeepAliveHandler
+
+
 class S3Server:
     """moto's S3 HTTP server on loopback.
 
@@ -98,12 +167,14 @@ class S3Server:
     """
 
     def __init__(self, port: int | None = None):
-        from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
+        from moto.moto_server.werkzeug_app import create_backend_app
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
         self.server = make_server("127.0.0.1", port or free_port(), create_backend_app("s3"), threaded=True,
-                                  request_handler=MotoRequestHandler)
+                                  request_handler=_keep_alive_handler())
+        # Clients hold idle connections open: closing the server must not wait for their threads.
+        self.server.block_on_close = False
         self.endpoint_url = f"http://127.0.0.1:{self.server.server_port}"
 
     def __enter__(self):

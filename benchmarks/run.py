@@ -4,9 +4,11 @@
 
 Prints a table and writes benchmarks/results.json. Each scale point runs in a fresh process so its
 peak RSS is its own. S3 (moto) and SMTP (the .eml sink) run in processes of their own, as they are
-remote in production. MongoDB is mongomock inside the run's process, so that process also holds the
-database: the run's own memory is reported as its peak minus the post-seed baseline (VmHWM is reset
-after seeding through /proc/self/clear_refs), the worker processes' peak is sampled from /proc.
+remote in production. MongoDB is mongomock inside the run's process (its CPU is timed and reported
+apart); the run's CPU per report is also measured against a MongoDB-wire server in a process of its
+own, as in production. With mongomock the run's process also holds the database: the run's own memory
+is reported as its peak minus the post-seed baseline (VmHWM is reset after seeding through
+/proc/self/clear_refs), the worker processes' peak is sampled from /proc.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,7 +120,46 @@ def render_limit(reports: int, rounds: int) -> dict:
     seconds = sorted(timed)[len(timed) // 2]
     return {"reports": len(inputs), "cpu_seconds": round(seconds, 3),
             "reports_per_s_per_core": round(len(inputs) / seconds, 2),
-            "rounds": sorted(round(len(inputs) / t, 2) for t in timed)}
+            "rounds": sorted(round(len(inputs) / t, 2) for t in timed),
+            "all_cores": _render_on_all_cores(inputs, rounds)}
+
+
+_RENDER_INPUTS: list = []
+
+
+def _render_all(first_only: bool) -> tuple[int, float]:
+    from reporting_pipeline.stages.render import render_report_checked
+
+    started = time.process_time()
+    for report in _RENDER_INPUTS[:1] if first_only else _RENDER_INPUTS:
+        render_report_checked(report)
+    return os.getpid(), time.process_time() - started
+
+
+def _render_on_all_cores(inputs: list, rounds: int) -> dict:
+    """The renderer alone on every core at once: the most reports a run on this machine could render.
+
+    Cores that render side by side each render slower than one alone (they share caches and memory
+    bandwidth, and a virtual machine's cores may share more): measured 4-11% more CPU a report on each of
+    two cores than on one alone. So the limit of all the cores is measured, not one core's times their number.
+    """
+    from multiprocessing import get_context
+
+    cores = os.cpu_count() or 1
+    _RENDER_INPUTS[:] = inputs  # forked processes inherit them: nothing to pickle
+    throughput, cpu_ms = [], []
+    with get_context("fork").Pool(cores) as pool:
+        pool.map(_render_all, [True] * cores, chunksize=1)  # warm-up: fonts, imports
+        for _ in range(rounds):
+            started = time.perf_counter()
+            done = pool.map(_render_all, [False] * cores, chunksize=1)
+            throughput.append(cores * len(inputs) / (time.perf_counter() - started))
+            if len({pid for pid, _ in done}) < cores:  # one process rendered twice: not all cores at once
+                raise RuntimeError("the render processes did not run side by side")
+            cpu_ms.append(1000 * sum(cpu for _, cpu in done) / (cores * len(inputs)))
+    return {"processes": cores, "reports_per_s": round(sorted(throughput)[rounds // 2], 2),
+            "cpu_ms_per_report": round(sorted(cpu_ms)[rounds // 2], 1),
+            "rounds": sorted(round(t, 2) for t in throughput)}
 
 
 @contextmanager
@@ -204,9 +245,9 @@ SEED_UNIT = 1000  # larger populations are copies of a seeded thousand
 def replicate(db, s3, bucket: str, copies: int) -> None:
     """Add `copies` more of every seeded participant: enrollment, subscription, records and files under new ids.
 
-    mongomock checks unique indexes by scanning the collection, so seeding 10,000 participants through
-    the production paths one at a time would take hours. Here the copies are bulk-inserted with the
-    indexes dropped and rebuilt after, and the S3 objects are copied server-side.
+    Seeding 10,000 participants through the production paths one at a time would take hours against the
+    stand-ins. Here the copies are bulk-inserted with the indexes dropped and rebuilt after, and the S3
+    objects are copied server-side.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -247,11 +288,15 @@ def replicate(db, s3, bucket: str, copies: int) -> None:
     mongo.ensure_indexes(db)
 
 
-def shard_run(subscribers: int) -> dict:
+def shard_run(subscribers: int, wire: bool = False) -> dict:
     """Seed `subscribers` into one shard, then run the report and delivery jobs through Dagster.
 
     Runs in a fresh process, so the figures include everything a run pays for in production: the
     forkserver's imports and the workers' start (`children` CPU), not only the per-report work.
+    MongoDB is mongomock in this process (the cheapest stand-in: throughput), or with `wire` a
+    MongoDB-wire server (mongoeco) in its own process: the run then pays what a MongoDB client pays
+    (BSON, sockets) and nothing of the server's work, as in production, but that stand-in takes
+    six times mongomock's CPU from the machine, so only the run's CPU is read from it.
     """
     os.environ["REPORT_SHARDS"] = "1"
     os.environ.setdefault("REPORT_STEP_RETRY_DELAY_SECONDS", "1")
@@ -259,19 +304,38 @@ def shard_run(subscribers: int) -> dict:
 
     from dagster import DagsterEventType, DagsterInstance
 
-    from reporting_pipeline.local.seed import seed
+    from reporting_pipeline.local.seed import SeedSpec, seed, seed_objects, upload
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
     from reporting_pipeline.services import mongo
     from reporting_pipeline.services.objectstore import Encryption, make_client
 
-    with tempfile.TemporaryDirectory() as work, remote_services(Path(work)) as (env, outbox, stand_ins):
-        db = mongo.connect(env["MONGODB_URI"])["reporting"]
+    with (tempfile.TemporaryDirectory() as work, remote_services(Path(work)) as (env, outbox, stand_ins),
+          ExitStack() as stack):
         t = time.perf_counter()
         s3 = make_client(env["AWS_ENDPOINT_URL"])
         unit = min(subscribers, SEED_UNIT)
         if unit and subscribers % unit:
             raise SystemExit(f"sizes above {SEED_UNIT} must be multiples of it")
-        if unit:  # 0: an empty shard, for what a run costs before its first subscriber
-            seed(db, s3, env["REPORTS_BUCKET"], Encryption(), subscribers=unit, weeks=2, now=NOW)
+        # 0 subscribers: an empty shard, for what a run costs before its first subscriber.
+        spec = SeedSpec(subscribers=unit, weeks=2, now=NOW.isoformat()) if unit else None
+        if wire:
+            if spec:  # what seed() uploads and writes; the documents loaded in the server's own process
+                seed_objects(lambda obj: upload(s3, env["REPORTS_BUCKET"], Encryption(), obj), spec)
+            server = stack.enter_context(MongoWireServer(seed=spec))
+            os.environ["MONGODB_URI"] = server.uri  # remote_services puts back what was there
+            stand_ins = [*stand_ins, server.process.pid]
+            db = mongo.connect(server.uri)["reporting"]
+
+            def database_cpu() -> float:
+                return _process_cpu_s(server.process.pid)
+        else:
+            db = mongo.connect(env["MONGODB_URI"])["reporting"]
+            if spec:
+                seed(db, s3, env["REPORTS_BUCKET"], Encryption(), subscribers=unit, weeks=2, now=NOW)
+            in_process = stack.enter_context(DatabaseCpu())
+
+            def database_cpu() -> float:
+                return in_process.seconds
         if subscribers > unit:
             replicate(db, s3, env["REPORTS_BUCKET"], subscribers // unit - 1)
         seed_seconds = time.perf_counter() - t
@@ -304,7 +368,8 @@ def shard_run(subscribers: int) -> dict:
 
         cpu_before = cpu_seconds()
         stand_ins_before = sum(_process_cpu_s(pid) for pid in stand_ins)
-        with DagsterInstance.ephemeral() as instance, DatabaseCpu() as database:
+        database_before = database_cpu()
+        with DagsterInstance.ephemeral() as instance:
             launched = time.time()
             t = time.perf_counter()
             result = definitions.resolve_job_def("weekly_reports_job").execute_in_process(
@@ -316,6 +381,7 @@ def shard_run(subscribers: int) -> dict:
                 instance=instance, partition_key=key, run_config=quiet)
             deliver_seconds = time.perf_counter() - t
             stand_ins_cpu = sum(_process_cpu_s(pid) for pid in stand_ins) - stand_ins_before
+            database_seconds = database_cpu() - database_before
             starts = {e.step_key: e.timestamp for e in instance.all_logs(
                 result.run_id, of_type=DagsterEventType.STEP_START)}
             first_batch = min((e.timestamp for e in instance.all_logs(result.run_id)
@@ -355,12 +421,15 @@ def shard_run(subscribers: int) -> dict:
             "report_run_cpu_s_without_workers": round(report_run_cpu, 2),
             "workers_started": bool(materialized.get("workers_started")),
             "launch_to_first_subscriber_s": round(first_batch - launched, 3),
-            # What the S3 and SMTP stand-ins used of the machine during the two runs (not counted above).
+            # What the stand-ins in processes of their own (S3, SMTP; MongoDB if `wire`) used of the machine
+            # during the two runs: not counted above.
             "stand_ins_cpu_s": round(stand_ins_cpu, 2),
             "stand_ins_cores": round(stand_ins_cpu / (render_seconds + deliver_seconds), 2),
-            # Of the run's CPU, what mongomock spent answering it (a MongoDB server's work in production).
-            "database_cpu_ms_per_report": round(1000 * database.seconds / max(reports, 1), 1),
-            "run_cpu_ms_per_report_without_database": round(1000 * (run_cpu - database.seconds) / max(reports, 1), 1),
+            "database": "mongoeco wire server" if wire else "mongomock in the run's process",
+            # What the MongoDB stand-in spent answering the run (a MongoDB server's work in production).
+            "database_cpu_ms_per_report": round(1000 * database_seconds / max(reports, 1), 1),
+            "run_cpu_ms_per_report_without_database": round(
+                1000 * (run_cpu - (0 if wire else database_seconds)) / max(reports, 1), 1),
         }
 
 
@@ -387,8 +456,8 @@ def len_each(items: list) -> list:
     return [len(item) for item in items]
 
 
-def in_subprocess(subscribers: int, option: str = "--one-shard") -> dict:
-    out = subprocess.run([sys.executable, __file__, option, str(subscribers)], capture_output=True,
+def in_subprocess(subscribers: int, option: str = "--one-shard", *more: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, option, str(subscribers), *more], capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -404,9 +473,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--one-shard", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pool-start", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--wire", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_shard is not None:
-        print(json.dumps(shard_run(args.one_shard)))
+        print(json.dumps(shard_run(args.one_shard, wire=args.wire)))
         return
     if args.pool_start:
         print(json.dumps(pool_start(args.pool_start)))
@@ -419,20 +489,24 @@ def main() -> None:
     rounds = 1 if args.quick else 3
     results["render_limit"] = render_limit(40 if args.quick else 200, rounds)
     per_core = results["render_limit"]["reports_per_s_per_core"]
-    print(f"render limit: {per_core} reports/s per core", flush=True)
-    render_cpu_ms = 1000 / per_core
+    all_cores = results["render_limit"]["all_cores"]
+    print(f"render limit: {per_core} reports/s on one core, {all_cores['reports_per_s']} on all "
+          f"{all_cores['processes']} at once ({all_cores['cpu_ms_per_report']} CPU-ms a report each)", flush=True)
     cores = os.cpu_count() or 1
 
     def ratios(point: dict) -> dict:
+        # Against what the renderer alone does on all the cores at once (the run renders on all of them),
+        # and, beside it, against one core's limit times the number of cores (which no machine reaches).
         # The runs share the machine with the S3 and SMTP stand-ins: the render limit of the cores those leave.
         left = max(0.1, cores - point["stand_ins_cores"])
         return {"ratio_to_render_limit": round(point["reports_per_s"] / per_core, 2),
-                "ratio_to_render_limit_all_cores": round(point["reports_per_s"] / (per_core * cores), 2),
+                "ratio_to_render_limit_all_cores": round(point["reports_per_s"] / all_cores["reports_per_s"], 2),
+                "ratio_to_one_core_limit_times_cores": round(point["reports_per_s"] / (per_core * cores), 2),
                 "cores_left_by_stand_ins": round(left, 2),
-                "ratio_to_render_limit_cores_left": round(point["reports_per_s"] / (per_core * left), 2),
-                "cpu_ratio_to_render": round(point["run_cpu_ms_per_report"] / render_cpu_ms, 2),
-                "cpu_ratio_to_render_without_database": round(
-                    point["run_cpu_ms_per_report_without_database"] / render_cpu_ms, 2)}
+                "ratio_to_render_limit_cores_left": round(
+                    point["reports_per_s"] / (all_cores["reports_per_s"] * left / cores), 2),
+                "cpu_ratio_to_render": round(point["run_cpu_ms_per_report"] / all_cores["cpu_ms_per_report"], 2),
+                "cpu_ratio_to_render_one_core": round(point["run_cpu_ms_per_report"] * per_core / 1000, 2)}
 
     # What every run pays before its first report: Dagster's run in-process on an empty shard, and
     # the worker pool's start (forkserver imports, forks), each in a fresh process.
@@ -452,9 +526,17 @@ def main() -> None:
     e2e.update(ratios(e2e))
     results["end_to_end"] = e2e
     print(f"end to end ({e2e_size}): {e2e['reports_per_s']} reports/s, ratio {e2e['ratio_to_render_limit']}, "
-          f"all cores {e2e['ratio_to_render_limit_all_cores']}, cores the stand-ins left "
+          f"all cores {e2e['ratio_to_render_limit_all_cores']} (one core's x {cores}: "
+          f"{e2e['ratio_to_one_core_limit_times_cores']}), cores the stand-ins left "
           f"{e2e['ratio_to_render_limit_cores_left']}, CPU {e2e['cpu_ratio_to_render']}x render "
-          f"({e2e['cpu_ratio_to_render_without_database']}x without mongomock's own)", flush=True)
+          f"({e2e['cpu_ratio_to_render_one_core']}x one idle core's)", flush=True)
+    # The run's own CPU as in production, where MongoDB is a server elsewhere: over the wire protocol.
+    wire = median_of(rounds, lambda: in_subprocess(e2e_size, "--one-shard", "--wire"), "run_cpu_ms_per_report")
+    wire.update(ratios(wire))
+    results["end_to_end_over_the_wire"] = wire
+    print(f"over the wire ({e2e_size}): run CPU {wire['run_cpu_ms_per_report']} ms a report = "
+          f"{wire['cpu_ratio_to_render']}x render ({wire['cpu_ratio_to_render_one_core']}x one idle core's); "
+          f"the MongoDB stand-in's own {wire['database_cpu_ms_per_report']} ms", flush=True)
     results["small_shards"] = []
     for n in (50, 100):
         point = median_of(rounds, lambda: in_subprocess(n), "reports_per_s")
@@ -464,8 +546,11 @@ def main() -> None:
               f"workers started: {point['workers_started']}", flush=True)
     results["ratio_to_render_limit_all_cores"] = e2e["ratio_to_render_limit_all_cores"]
     results["ratio_to_render_limit_cores_left"] = e2e["ratio_to_render_limit_cores_left"]
-    results["cpu_ratio_to_render"] = e2e["cpu_ratio_to_render"]
-    results["cpu_ratio_to_render_without_database"] = e2e["cpu_ratio_to_render_without_database"]
+    results["ratio_to_one_core_limit_times_cores"] = e2e["ratio_to_one_core_limit_times_cores"]
+    # The run's CPU per report is read over the wire: mongomock in the run's process adds its own work
+    # (a MongoDB server's, elsewhere in production) and takes away the client's (BSON, sockets).
+    results["cpu_ratio_to_render"] = wire["cpu_ratio_to_render"]
+    results["cpu_ratio_to_render_one_core"] = wire["cpu_ratio_to_render_one_core"]
     target = HERE / ("results-quick.json" if args.quick else "results.json")
 
     # What other benchmarks wrote there (benchmarks/dev_stack.py) stays.
@@ -491,11 +576,14 @@ def main() -> None:
     print(f"{'render limit (reports/s/core)':34} {results['render_limit']['reports_per_s_per_core']:>14}")
     print(f"{'end to end (reports/s)':34} {e2e['reports_per_s']:>14}")
     print(f"{'end to end / render limit':34} {e2e['ratio_to_render_limit']:>14}")
-    print(f"{'end to end / (limit x cores)':34} {e2e['ratio_to_render_limit_all_cores']:>14}")
+    print(f"{'render limit, all cores (reports/s)':34} {all_cores['reports_per_s']:>14}")
+    print(f"{'end to end / limit of all cores':34} {e2e['ratio_to_render_limit_all_cores']:>14}")
+    print(f"{'end to end / (1-core limit x cores)':34} {e2e['ratio_to_one_core_limit_times_cores']:>14}")
     print(f"{'cores the stand-ins left':34} {e2e['cores_left_by_stand_ins']:>14}")
     print(f"{'end to end / (limit x cores left)':34} {e2e['ratio_to_render_limit_cores_left']:>14}")
-    print(f"{'run CPU / render CPU per report':34} {e2e['cpu_ratio_to_render']:>14}")
-    print(f"{'  the same without mongomock':34} {e2e['cpu_ratio_to_render_without_database']:>14}")
+    print(f"{'run CPU / render CPU per report':34} {results['cpu_ratio_to_render']:>14}")
+    print(f"{'  the same, render on an idle core':34} {results['cpu_ratio_to_render_one_core']:>14}")
+    print(f"{'  mongomock in the run (its CPU too)':34} {e2e['cpu_ratio_to_render']:>14}")
     print(f"{'fixed cost: empty report run (CPU-s)':34} {results['fixed_cost']['empty_report_run_cpu_s']:>14}")
     print(f"{'fixed cost: pool start (CPU-s)':34} {results['fixed_cost']['pool_start_cpu_s']:>14}")
     for p in results["small_shards"]:

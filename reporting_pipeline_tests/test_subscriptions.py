@@ -25,6 +25,12 @@ from .conftest import LAST_WEEK, NOW
 from .test_api import AUDIENCE, ISSUER, SECRET, auth
 
 
+@pytest.fixture(autouse=True)
+def sensor_clock(monkeypatch):
+    """The sensors' clock at the seed's NOW: the week a first report is for must not follow the day the tests run."""
+    monkeypatch.setattr(sensors, "utcnow", lambda: NOW)
+
+
 def enroll(db, participant, trial="TRIAL-CARDIO-01", email=None, **extra):
     db[mongo.ENROLLMENTS].insert_one({
         "_id": f"enr-{participant}", "trial_id": trial, "participant_id": participant,

@@ -304,7 +304,7 @@ def shard_run(subscribers: int, wire: bool = False) -> dict:
 
     from dagster import DagsterEventType, DagsterInstance
 
-    from reporting_pipeline.local.seed import SeedSpec, seed, seed_objects, upload
+    from reporting_pipeline.local.seed import SeedSpec, seed, upload_objects
     from reporting_pipeline.local.wire_mongo import MongoWireServer
     from reporting_pipeline.services import mongo
     from reporting_pipeline.services.objectstore import Encryption, make_client
@@ -320,7 +320,7 @@ def shard_run(subscribers: int, wire: bool = False) -> dict:
         spec = SeedSpec(subscribers=unit, weeks=2, now=NOW.isoformat()) if unit else None
         if wire:
             if spec:  # what seed() uploads and writes; the documents loaded in the server's own process
-                seed_objects(lambda obj: upload(s3, env["REPORTS_BUCKET"], Encryption(), obj), spec)
+                upload_objects(s3, env["REPORTS_BUCKET"], Encryption(), spec)
             server = stack.enter_context(MongoWireServer(seed=spec))
             os.environ["MONGODB_URI"] = server.uri  # remote_services puts back what was there
             stand_ins = [*stand_ins, server.process.pid]

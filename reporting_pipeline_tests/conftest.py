@@ -95,14 +95,14 @@ def seeded_wire_server(s3, bucket: str, encryption: Encryption, *, now: datetime
     """A MongoDB-wire server (mongoeco) holding what `seed` writes (test_seed.py shows it is the same): the seed's
     files uploaded to `bucket` first, its documents loaded in the server's own process as `reporting-pipeline
     dev` loads them, several times faster than through the wire. Yields the server and the subscription ids."""
-    from reporting_pipeline.local.seed import SeedSpec, plan, seed_objects, upload
+    from reporting_pipeline.local.seed import SeedSpec, plan, upload_objects
     from reporting_pipeline.local.wire_mongo import MongoWireServer
     from reporting_pipeline.services.objectstore import ensure_bucket
     from reporting_pipeline.stages.subscribe import subscription_id
 
     spec = SeedSpec(now=now.isoformat(), **spec)
     ensure_bucket(s3, bucket)
-    seed_objects(lambda obj: upload(s3, bucket, encryption, obj), spec)
+    upload_objects(s3, bucket, encryption, spec)
     with MongoWireServer(seed=spec) as server:
         yield server, [subscription_id(p.enrollment["trial_id"], p.enrollment["participant_id"]) for p in plan(spec)]
 

@@ -269,14 +269,14 @@ def _seed_external(spec, env: dict, embedded_mongo: bool, embedded_s3: bool) -> 
     from reporting_pipeline.services import mongo
     from reporting_pipeline.services.objectstore import Encryption, ensure_bucket, make_client
 
-    from .seed import seed_documents, seed_objects, upload
+    from .seed import seed_documents, upload_objects
 
     if not embedded_s3:
         s3 = make_client(env.get("AWS_ENDPOINT_URL") or None)
         encryption = Encryption(env.get("REPORTS_SSE", "AES256"), env.get("REPORTS_KMS_KEY_ID"))
         if env.get("AWS_ENDPOINT_URL"):
             ensure_bucket(s3, env["REPORTS_BUCKET"])  # as `reporting-pipeline seed` does
-        seed_objects(lambda f: upload(s3, env["REPORTS_BUCKET"], encryption, f), spec)
+        upload_objects(s3, env["REPORTS_BUCKET"], encryption, spec)
     if not embedded_mongo:
         client = mongo.connect(env["MONGODB_URI"])
         try:

@@ -417,3 +417,9 @@ def seed(
 def upload(s3, bucket: str, encryption: Encryption, obj: SeedFile | SeedObject) -> None:
     """Upload one seeded object as production uploads do: with its recorded-at metadata, skipped if unchanged."""
     put_if_changed(s3, bucket, obj.key, obj.data, obj.content_type, encryption, metadata=file_metadata(obj.recorded_at))
+
+
+def upload_objects(s3, bucket: str, encryption: Encryption, spec: SeedSpec) -> int:
+    """Upload every file of `spec` (`upload`): the S3 half of a seed whose documents are loaded elsewhere
+    (`seed_documents`, in a MongoDB stand-in's own process); the number of participant files."""
+    return seed_objects(lambda obj: upload(s3, bucket, encryption, obj), spec)

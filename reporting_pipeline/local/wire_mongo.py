@@ -46,7 +46,7 @@ class MongoWireServer:
     """Runs the wire server in a child process; `uri` is set once it is ready.
 
     `seed` (a SeedSpec): its documents are in `database` when the server is ready, loaded in the server's process
-    as `reporting-pipeline dev` loads them; its files are the caller's to upload (`seed.seed_objects`).
+    as `reporting-pipeline dev` loads them; its files are the caller's to upload (`seed.upload_objects`).
     """
 
     def __init__(self, port: int = 0, seed=None, database: str = "reporting"):

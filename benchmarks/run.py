@@ -502,7 +502,8 @@ def main() -> None:
     def ratios(point: dict) -> dict:
         # Against what the renderer alone does on all the cores at once (the run renders on all of them),
         # and, beside it, against one core's limit times the number of cores (which no machine reaches).
-        # The runs share the machine with the S3 and SMTP stand-ins: the render limit of the cores those leave.
+        # The runs share the machine with the stand-ins in processes of their own (S3 and SMTP; MongoDB too
+        # over the wire): the render limit of the cores those leave.
         left = max(0.1, cores - point["stand_ins_cores"])
         return {"ratio_to_render_limit": round(point["reports_per_s"] / per_core, 2),
                 "ratio_to_render_limit_all_cores": round(point["reports_per_s"] / all_cores["reports_per_s"], 2),

@@ -57,7 +57,7 @@ setup(
         "local": LOCAL,
         "dev": [
             *LOCAL,
-            "pytest>=8",
+            "pytest>=8.4",  # pytest.ini: --disable-plugin-autoload
             "pytest-xdist>=3.6",  # `make test` runs the suite on two processes
             "httpx>=0.27",
             "pypdf>=5",

@@ -126,12 +126,12 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
     return most
 
 
-def run_spans(instance: DagsterInstance, run_id: str) -> dict:
+def run_spans(events: list) -> dict:
     """When the run held a slot of the queue (launched to ended) and when it ran (started to ended), from the
     events the daemon and the run wrote: exact, where polling the statuses would sample. A run that never
     launched or started has no such span (the test's status check says what became of it)."""
     times = {}
-    for event in instance.all_logs(run_id):
+    for event in events:
         if event.dagster_event:
             times.setdefault(event.dagster_event.event_type, event.timestamp)
     ended = min((times[t] for t in ENDED if t in times), default=None)
@@ -203,15 +203,16 @@ def test_daemon_on_postgres_queues_runs_within_limits_and_delivers_one_email_eac
 
             runs = instance.get_runs()
             reports = [r for r in runs if r.job_name == "weekly_reports_job"]
-            spans = {run.run_id: run_spans(instance, run.run_id) for run in runs}
+            logs = {run.run_id: instance.all_logs(run.run_id) for run in runs}
+            spans = {run_id: run_spans(events) for run_id, events in logs.items()}
             max_active = most_at_once([s["active"] for s in spans.values() if "active" in s])
             max_started = most_at_once([s["started"] for s in spans.values() if "started" in s])
             # Orchestration overhead per run: from the daemon launching it to its first subscriber fetched.
             overheads = []
             for run in reports:
                 launched = spans[run.run_id]["active"][0] if "active" in spans[run.run_id] else None
-                fetched = min((e.timestamp for e in instance.all_logs(run.run_id)
-                               if " subscribers fetched, " in e.user_message), default=None)
+                fetched = min((e.timestamp for e in logs[run.run_id] if " subscribers fetched, " in e.user_message),
+                              default=None)
                 overheads.append(round(fetched - launched, 1) if fetched and launched else None)
             statuses = Counter((r.job_name, r.status.value) for r in runs)
             recipients = Counter(m["To"] for m in pipeline.outbox.messages)

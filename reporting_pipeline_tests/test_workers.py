@@ -59,17 +59,24 @@ def test_results_come_back_in_order_with_failures_in_place_even_those_that_do_no
 def what_a_worker_starts_with(items):
     import gc
 
-    return [(gc.get_freeze_count(), sorted({"pandas", "reportlab", "boto3"} & set(sys.modules))) for _ in items]
+    # Workers are forked by the forkserver: their parent is the server whose imports they share.
+    server = Path(f"/proc/{os.getppid()}/status").read_text()
+    server_threads = int(next(line.split()[1] for line in server.splitlines() if line.startswith("Threads:")))
+    modules = sorted({"pandas", "reportlab", "boto3", "pymongo"} & set(sys.modules))
+    return [(gc.get_freeze_count(), modules, server_threads) for _ in items]
 
 
 def test_workers_start_with_what_they_run_imported_once_and_out_of_the_garbage_collectors_way():
     """The forkserver's preload is what saves each worker a second and a half of imports; multiprocessing
-    ignores a preload that fails to import, so this is where a broken one shows."""
+    ignores a preload that fails to import, so this is where a broken one shows. It loads only what workers
+    run: not pymongo (workers never talk to MongoDB), and numpy without OpenBLAS's thread per core (no report
+    does linear algebra; starting them was a tenth of a CPU-second of every pool's start)."""
     with WorkerPool(2) as pool:
         started = pool.map(what_a_worker_starts_with, list(range(4)))
-    for frozen, modules in started:
+    for frozen, modules, server_threads in started:
         assert modules == ["boto3", "pandas", "reportlab"]
         assert frozen > 50_000  # the imported modules' objects: no worker's collections walk them
+        assert server_threads == 1
 
 
 def _state(pid: int) -> str:

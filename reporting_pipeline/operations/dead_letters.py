@@ -11,16 +11,19 @@ from __future__ import annotations
 import pickle
 import re
 import smtplib
+import sys
 import traceback
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
-from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from reporting_pipeline.errors import Issue, ReportInputError
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.retry import CarriedFailure, call_with_retry, is_transient
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
 
 STAGES = ("fetch", "aggregate", "render", "store", "deliver")
 
@@ -43,7 +46,7 @@ def _describe(error: BaseException) -> tuple[str, str]:
         info = error.response.get("Error", {})
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         message = f"S3 {error.operation_name} failed: {info.get('Code')} (HTTP {status})"
-    elif isinstance(error, PyMongoError):
+    elif _is_mongo_error(error):
         message = f"MongoDB: {str(error)[:200]}"
     else:
         # Anything else (a renderer crash, say) may quote the data it choked on: keep only where it broke.
@@ -51,6 +54,11 @@ def _describe(error: BaseException) -> tuple[str, str]:
         where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
         message = f"{type(error).__name__}{where}"
     return code, _ADDRESS.sub("<address>", message)[:500]
+
+
+def _is_mongo_error(error: BaseException) -> bool:
+    errors = sys.modules.get("pymongo.errors")  # not loaded (a report worker): no error is pymongo's
+    return errors is not None and isinstance(error, errors.PyMongoError)
 
 
 def carry(value):

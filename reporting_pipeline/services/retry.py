@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import smtplib
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ def is_transient(error: BaseException) -> bool:
     """True for failures that may pass on their own: network, throttling, 5xx from S3, 4xx from SMTP."""
     if isinstance(error, CarriedFailure):
         return error.transient
-    if isinstance(error, (AutoReconnect, ConnectionFailure, NetworkTimeout)):  # NotPrimary is an AutoReconnect
+    if _is_mongo_connection_error(error):
         return True
     if isinstance(error, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
         return True
@@ -62,6 +62,13 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, (smtplib.SMTPServerDisconnected, ConnectionError, socket.timeout, TimeoutError)):
         return True
     return False
+
+
+def _is_mongo_connection_error(error: BaseException) -> bool:
+    # Report workers never load pymongo (services/mongo.py says why): where it is not loaded, no error is its.
+    errors = sys.modules.get("pymongo.errors")  # NotPrimary is an AutoReconnect
+    return errors is not None and isinstance(error, (errors.AutoReconnect, errors.ConnectionFailure,
+                                                     errors.NetworkTimeout))
 
 
 @dataclass(frozen=True)

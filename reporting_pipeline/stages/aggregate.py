@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-import pandas as pd
-from pymongo.database import Database
+# pandas loads numpy, whose OpenBLAS starts a thread per core as it loads (0.1-0.2 CPU-s of every worker server
+# and of every run that renders itself) for linear algebra no report does. Read at load: set before the import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import pandas as pd  # noqa: E402
 
 from reporting_pipeline.errors import (
     CorruptImage,
@@ -27,6 +31,9 @@ from reporting_pipeline.weeks import Week
 from .definitions import ReportDefinition
 from .fetch import SubscriberWeek
 from .images import make_logo, make_thumbnail
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
 
 SUMMARY_COLUMNS = [
     "metric", "unit", "count", "mean", "min", "max", "previous_mean", "change", "out_of_range", "ref_low", "ref_high",

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
-from pymongo.database import Database
 
 from reporting_pipeline.compat import batched
 from reporting_pipeline.errors import (
@@ -35,6 +35,9 @@ from reporting_pipeline.weeks import Week, as_utc
 
 from .definitions import ReportDefinition, definition_of_trial, trial_default_locale
 from .i18n import resolve
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
 
 # Larger files are refused before download: no diary note or photo needs more.
 MAX_FILE_BYTES = 25 * 1024 * 1024

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-
-from pymongo.database import Database
+from typing import TYPE_CHECKING
 
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.objectstore import Encryption, put_if_changed, sha256_hex
 from reporting_pipeline.weeks import as_utc
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
 
 PDF = "application/pdf"
 

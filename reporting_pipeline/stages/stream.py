@@ -14,8 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-
-from pymongo.database import Database
+from typing import TYPE_CHECKING
 
 from reporting_pipeline.errors import Issue
 from reporting_pipeline.operations.dead_letters import (
@@ -32,6 +31,9 @@ from reporting_pipeline.weeks import Week
 from .fetch import SubscriberWeek, count_subscriptions, iter_subscriber_batches, load_files
 from .store import store_report
 from .workers import WorkerPool, lookahead
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
 
 BUILD_STAGES = ("fetch", "aggregate", "render", "store")
 

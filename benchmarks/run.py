@@ -443,7 +443,7 @@ def pool_start(workers: int) -> dict:
     import resource
     from multiprocessing import forkserver
 
-    from reporting_pipeline.stages.workers import WorkerPool
+    from reporting_pipeline.stages.workers import WorkerPool, each
 
     def cpu():
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -451,14 +451,10 @@ def pool_start(workers: int) -> dict:
 
     before, started = cpu(), time.perf_counter()
     with WorkerPool(workers) as pool:
-        pool.map(len_each, [[]] * (4 * workers))
+        pool.map(each(len), [[]] * (4 * workers))
     wall = time.perf_counter() - started
     forkserver._forkserver._stop()  # reap it: its CPU and its workers' come into RUSAGE_CHILDREN
     return {"workers": workers, "cpu_s": round(cpu() - before, 3), "wall_s": round(wall, 3)}
-
-
-def len_each(items: list) -> list:
-    return [len(item) for item in items]
 
 
 def in_subprocess(subscribers: int, option: str = "--one-shard", *more: str) -> dict:

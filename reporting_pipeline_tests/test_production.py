@@ -397,20 +397,78 @@ def test_runs_getting_the_code_servers_config_would_be_sized_and_privileged_as_t
 
 @pytest.mark.skipif(bool(Kubelet.unavailable()), reason=str(Kubelet.unavailable()))
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+def client_process(port: int) -> int | None:
+    """The process holding the loopback TCP connection whose own end is `port`: the client of a request."""
+    inodes = {line.split()[9] for table in ("/proc/net/tcp", "/proc/net/tcp6") if Path(table).exists()
+              for line in Path(table).read_text().splitlines()[1:]
+              if int(line.split()[1].rsplit(":", 1)[1], 16) == port}
+    sockets = {f"socket:[{inode}]" for inode in inodes}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in os.listdir(f"/proc/{pid}/fd")):
+                return int(pid)
+        except OSError:
+            continue  # gone, or a descriptor closed meanwhile
+    return None
+
+
+def _proc(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class WorkerWatch:
+    """Wraps an S3 stand-in's WSGI app: each process downloading a participant file (waiting for this very answer,
+    so surely alive) is looked at once as the kernel sees it: its parent, its grandparent, what it has mapped."""
+
+    def __init__(self, app):
+        self.app, self.seen, self.lock = app, {}, threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ["REQUEST_METHOD"] == "GET" and "/files/" in environ.get("PATH_INFO", ""):
+            with self.lock:
+                pid = client_process(int(environ["REMOTE_PORT"]))
+                if pid is not None and pid not in self.seen:
+                    parent = int(_proc(pid, "status").split("PPid:")[1].split()[0])
+                    grandparent = int(_proc(parent, "status").split("PPid:")[1].split()[0])
+                    self.seen[pid] = {"parent": _proc(parent, "cmdline"), "run": _proc(grandparent, "cmdline"),
+                                      "maps": _proc(pid, "maps")}
+        return self.app(environ, start_response)
+
+    def workers(self) -> list[dict]:
+        """The processes seen that a run's forkserver started."""
+        return [p for p in self.seen.values() if "multiprocessing.forkserver" in p["parent"]]
+
+
 def test_code_server_and_run_pod_work_on_a_read_only_root_filesystem(pipeline, tmp_path, monkeypatch):
     """The code server's pod and the run's Job, started as their specs say: only /tmp is writable. The run
-    renders and stores the shard's reports and its step logs reach S3."""
+    renders and stores the shard's reports with its worker processes and its step logs reach S3.
+
+    The Job runs `dagster api execute_run`, a script whose first line imports Dagster's CLI. multiprocessing has
+    each worker run the parent's main script first: every worker imported all of Dagster (over a CPU-second
+    and 45 MiB each), which only a worker caught in the act shows."""
+    from reporting_pipeline.local.embedded import S3Server
+    from reporting_pipeline.services.objectstore import make_client
+
     values = helm_values()
     logs_bucket = f"{pipeline.bucket}-logs"
     secret_names = {"MONGODB_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SMTP_USERNAME", "SMTP_PASSWORD"}
     # The run storage stands in for PostgreSQL: outside /tmp, which the pods mount over.
     storage = Path(tempfile.mkdtemp(prefix="reporting-run-storage-", dir="/var/tmp"))
     try:
-        with seeded_wire_server(pipeline.s3, pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2) as (
+        with S3Server() as s3_server, seeded_wire_server(
+                make_client(s3_server.endpoint_url), pipeline.bucket, pipeline.encryption, subscribers=6, weeks=2) as (
                 wire, subscription_ids), KubeApiRecorder() as api:
+            s3 = make_client(s3_server.endpoint_url)
+            watch = s3_server.server.app = WorkerWatch(s3_server.server.app)
             db = mongo.connect(wire.uri)["reporting"]
-            ensure_bucket(pipeline.s3, logs_bucket)
+            ensure_bucket(s3, logs_bucket)
+            # A batch of 4 of the shard's 6: more than one batch, and enough for 2 workers, so the run starts them.
             config_map = {**{k: v for k, v in pipeline.env.items() if k not in secret_names}, "REPORT_SHARDS": "1",
+                          "AWS_ENDPOINT_URL": s3_server.endpoint_url, "REPORT_BATCH_SIZE": "4",
+                          "REPORT_WORKER_PROCESSES": "2",
                           "DAGSTER_COMPUTE_LOGS_BUCKET": logs_bucket, "DAGSTER_COMPUTE_LOGS_PREFIX": "compute-logs"}
             secret = {**{k: v for k, v in pipeline.env.items() if k in secret_names}, "MONGODB_URI": wire.uri}
             for key, value in {**config_map, **secret}.items():  # this process plays the daemon: same ConfigMap
@@ -431,9 +489,15 @@ def test_code_server_and_run_pod_work_on_a_read_only_root_filesystem(pipeline, t
             with DagsterInstance.from_config(str(home)) as instance:
                 assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS
             assert db[mongo.REPORTS].count_documents({}) == len(subscription_ids)
-        logs = [o["Key"] for o in pipeline.s3.list_objects_v2(Bucket=logs_bucket).get("Contents", [])]
+            logs = [o["Key"] for o in s3.list_objects_v2(Bucket=logs_bucket).get("Contents", [])]
         assert logs and all(key.startswith("compute-logs/") for key in logs)
         assert "Read-only file system" not in pod.stderr
+
+        workers = watch.workers()
+        assert workers and all("execute_run" in worker["run"] for worker in workers), watch.seen
+        for worker in workers:
+            assert "_pydantic_core" not in worker["maps"], "a report worker loaded Dagster (pydantic_core is mapped)"
+            assert "PIL/_imaging" in worker["maps"]  # what it does load: its thumbnails' and renderer's libraries
     finally:
         shutil.rmtree(storage, ignore_errors=True)
 

@@ -9,11 +9,13 @@ per-item function). `start` returns at once: a step hands the pool its next batc
 
 from __future__ import annotations
 
-import multiprocessing
+import multiprocessing.context
 import os
 import select
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
@@ -88,8 +90,31 @@ class Pending:
 PRELOAD = ["reporting_pipeline.stages.worker_preload"]
 
 
+class _Worker(multiprocessing.context.ForkServerProcess):
+    """A worker process that does not run the parent's main module.
+
+    multiprocessing has each forkserver (or spawn) child run the parent's `__main__` first, as `__mp_main__`,
+    unless the parent was started with `python -m`. A run pod runs the `dagster` command (K8sRunLauncher's Job
+    and the code server's run launcher both start `dagster api execute_run`), a script whose first line is
+    `from dagster._cli import main`: every worker imported all of Dagster, over a CPU-second and 45 MiB each,
+    for nothing. So `__main__` is out of sight while a worker starts (chunk functions never live there).
+    """
+
+    def start(self):
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__ nor __spec__: nothing to run
+        try:
+            super().start()
+        finally:
+            sys.modules["__main__"] = main
+
+
+class _Context(multiprocessing.context.ForkServerContext):
+    Process = _Worker
+
+
 def _context():
-    context = multiprocessing.get_context("forkserver")
+    context = _Context()
     context.set_forkserver_preload(PRELOAD)
     return context
 

@@ -94,19 +94,22 @@ class _Worker(multiprocessing.context.ForkServerProcess):
     """A worker process that does not run the parent's main module.
 
     multiprocessing has each forkserver (or spawn) child run the parent's `__main__` first, as `__mp_main__`,
-    unless the parent was started with `python -m`. A run pod runs the `dagster` command (K8sRunLauncher's Job
-    and the code server's run launcher both start `dagster api execute_run`), a script whose first line is
-    `from dagster._cli import main`: every worker imported all of Dagster, over a CPU-second and 45 MiB each,
+    unless that is a package's `__main__` (`python -m pkg`). A run pod's is the `dagster` command:
+    K8sRunLauncher's Job starts `dagster api execute_run`, a script whose first line is
+    `from dagster._cli import main`. Every worker imported all of Dagster, over a CPU-second and 45 MiB each,
     for nothing. So `__main__` is out of sight while a worker starts (chunk functions never live there).
     """
 
+    _swapping = threading.Lock()  # two pools starting workers at once must not restore each other's stand-in
+
     def start(self):
-        main = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__ nor __spec__: nothing to run
-        try:
-            super().start()
-        finally:
-            sys.modules["__main__"] = main
+        with self._swapping:
+            main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__ nor __spec__: nothing to run
+            try:
+                super().start()
+            finally:
+                sys.modules["__main__"] = main
 
 
 class _Context(multiprocessing.context.ForkServerContext):

@@ -395,8 +395,6 @@ def test_runs_getting_the_code_servers_config_would_be_sized_and_privileged_as_t
     assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
 
 
-@pytest.mark.skipif(bool(Kubelet.unavailable()), reason=str(Kubelet.unavailable()))
-@pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
 def client_process(port: int) -> int | None:
     """The process holding the loopback TCP connection whose own end is `port`: the client of a request."""
     inodes = {line.split()[9] for table in ("/proc/net/tcp", "/proc/net/tcp6") if Path(table).exists()
@@ -442,6 +440,8 @@ class WorkerWatch:
         return [p for p in self.seen.values() if "multiprocessing.forkserver" in p["parent"]]
 
 
+@pytest.mark.skipif(bool(Kubelet.unavailable()), reason=str(Kubelet.unavailable()))
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
 def test_code_server_and_run_pod_work_on_a_read_only_root_filesystem(pipeline, tmp_path, monkeypatch):
     """The code server's pod and the run's Job, started as their specs say: only /tmp is writable. The run
     renders and stores the shard's reports with its worker processes and its step logs reach S3.

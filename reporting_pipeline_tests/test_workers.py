@@ -63,7 +63,7 @@ def what_a_worker_starts_with(items):
     server = Path(f"/proc/{os.getppid()}/status").read_text()
     server_threads = int(next(line.split()[1] for line in server.splitlines() if line.startswith("Threads:")))
     modules = sorted({"pandas", "reportlab", "boto3", "pymongo"} & set(sys.modules))
-    return [(gc.get_freeze_count(), modules, server_threads) for _ in items]
+    return [(gc.get_freeze_count(), gc.isenabled(), modules, server_threads) for _ in items]
 
 
 def test_workers_start_with_what_they_run_imported_once_and_out_of_the_garbage_collectors_way():
@@ -73,9 +73,9 @@ def test_workers_start_with_what_they_run_imported_once_and_out_of_the_garbage_c
     does linear algebra; starting them was a tenth of a CPU-second of every pool's start)."""
     with WorkerPool(2) as pool:
         started = pool.map(what_a_worker_starts_with, list(range(4)))
-    for frozen, modules, server_threads in started:
+    for frozen, collecting, modules, server_threads in started:
         assert modules == ["boto3", "pandas", "reportlab"]
-        assert frozen > 50_000  # the imported modules' objects: no worker's collections walk them
+        assert frozen > 50_000 and collecting  # imported with the collector off, frozen, then it is back on
         assert server_threads == 1
 
 

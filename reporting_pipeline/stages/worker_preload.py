@@ -11,10 +11,11 @@ their memory pages into every worker).
 import gc
 
 gc.disable()
-
-import reporting_pipeline.stages.aggregate  # noqa: E402, F401  (build_chunk imports these two when it first runs)
-import reporting_pipeline.stages.render  # noqa: E402, F401
-import reporting_pipeline.stages.stream  # noqa: E402, F401
-
-gc.freeze()
-gc.enable()  # workers inherit it on
+try:
+    import reporting_pipeline.stages.aggregate  # noqa: F401  (build_chunk imports these two when it first runs)
+    import reporting_pipeline.stages.render  # noqa: F401
+    import reporting_pipeline.stages.stream  # noqa: F401
+finally:
+    # On even if an import failed (multiprocessing ignores a preload's ImportError): workers inherit the state.
+    gc.freeze()
+    gc.enable()

@@ -417,6 +417,10 @@ def _proc(pid: int, name: str) -> str:
         return ""
 
 
+def _parent(pid: int) -> int:
+    return int(_proc(pid, "status").split("PPid:")[1].split()[0])
+
+
 class WorkerWatch:
     """Wraps an S3 stand-in's WSGI app: each process downloading a participant file (waiting for this very answer,
     so surely alive) is looked at once as the kernel sees it: its parent, its grandparent, what it has mapped."""
@@ -429,8 +433,8 @@ class WorkerWatch:
             with self.lock:
                 pid = client_process(int(environ["REMOTE_PORT"]))
                 if pid is not None and pid not in self.seen:
-                    parent = int(_proc(pid, "status").split("PPid:")[1].split()[0])
-                    grandparent = int(_proc(parent, "status").split("PPid:")[1].split()[0])
+                    parent = _parent(pid)
+                    grandparent = _parent(parent)
                     self.seen[pid] = {"parent": _proc(parent, "cmdline"), "run": _proc(grandparent, "cmdline"),
                                       "maps": _proc(pid, "maps")}
         return self.app(environ, start_response)

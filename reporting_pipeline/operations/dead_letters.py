@@ -11,7 +11,6 @@ from __future__ import annotations
 import pickle
 import re
 import smtplib
-import sys
 import traceback
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from reporting_pipeline.errors import Issue, ReportInputError
 from reporting_pipeline.services import mongo
-from reporting_pipeline.services.retry import CarriedFailure, call_with_retry, is_transient
+from reporting_pipeline.services.retry import CarriedFailure, call_with_retry, is_pymongo_error, is_transient
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -46,7 +45,7 @@ def _describe(error: BaseException) -> tuple[str, str]:
         info = error.response.get("Error", {})
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         message = f"S3 {error.operation_name} failed: {info.get('Code')} (HTTP {status})"
-    elif _is_mongo_error(error):
+    elif is_pymongo_error(error):
         message = f"MongoDB: {str(error)[:200]}"
     else:
         # Anything else (a renderer crash, say) may quote the data it choked on: keep only where it broke.
@@ -54,11 +53,6 @@ def _describe(error: BaseException) -> tuple[str, str]:
         where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
         message = f"{type(error).__name__}{where}"
     return code, _ADDRESS.sub("<address>", message)[:500]
-
-
-def _is_mongo_error(error: BaseException) -> bool:
-    errors = sys.modules.get("pymongo.errors")  # not loaded (a report worker): no error is pymongo's
-    return errors is not None and isinstance(error, errors.PyMongoError)
 
 
 def carry(value):

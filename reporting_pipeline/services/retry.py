@@ -48,7 +48,7 @@ def is_transient(error: BaseException) -> bool:
     """True for failures that may pass on their own: network, throttling, 5xx from S3, 4xx from SMTP."""
     if isinstance(error, CarriedFailure):
         return error.transient
-    if _is_mongo_connection_error(error):
+    if is_pymongo_error(error, "AutoReconnect", "ConnectionFailure", "NetworkTimeout"):  # NotPrimary: AutoReconnect
         return True
     if isinstance(error, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
         return True
@@ -64,11 +64,13 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def _is_mongo_connection_error(error: BaseException) -> bool:
-    # Report workers never load pymongo (services/mongo.py says why): where it is not loaded, no error is its.
-    errors = sys.modules.get("pymongo.errors")  # NotPrimary is an AutoReconnect
-    return errors is not None and isinstance(error, (errors.AutoReconnect, errors.ConnectionFailure,
-                                                     errors.NetworkTimeout))
+def is_pymongo_error(error: BaseException, *names: str) -> bool:
+    """Whether `error` is one of pymongo's errors `names` (any of them if none is named).
+
+    Report workers never load pymongo (services/mongo.py says why): where it is not loaded, no error is its.
+    """
+    errors = sys.modules.get("pymongo.errors")
+    return errors is not None and isinstance(error, tuple(getattr(errors, n) for n in names or ("PyMongoError",)))
 
 
 @dataclass(frozen=True)

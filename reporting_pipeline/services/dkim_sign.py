@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dkim
-from dkim.crypto import parse_pem_private_key
+# dkimpy is imported where a key is read or a message signed: it brings dnspython (~0.08 CPU-s), which
+# every process that loads the pipeline's definitions (code servers, report runs, the CLI) would pay for
+# even though only a delivery run with DKIM configured ever signs.
 
 SIGNED_HEADERS = (
     "from", "to", "subject", "date", "message-id", "mime-version", "content-type",
@@ -36,6 +37,8 @@ class DkimSigner:
 
     def sign(self, data: bytes) -> bytes:
         """`data` with a DKIM-Signature header in front; `data` must be exactly the bytes that are sent."""
+        import dkim
+
         signature = dkim.sign(
             data, self.selector.encode("ascii"), self.domain.encode("ascii"), self.private_key,
             # relaxed/relaxed survives relays that refold headers or trim trailing whitespace.
@@ -49,6 +52,8 @@ def load_dkim_key(value: str, setting: str = "dkim_private_key") -> bytes:
 
     Errors name `setting` (pass the environment variable's name if that is what the operator set).
     """
+    from dkim.crypto import parse_pem_private_key
+
     if "-----BEGIN" in value:
         # Secret stores and .env files often flatten the PEM's newlines to a literal "\n".
         pem, source = value.replace("\\n", "\n").encode(), "the PEM text"

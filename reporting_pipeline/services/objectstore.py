@@ -7,8 +7,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from .retry import call_with_retry
@@ -22,6 +20,11 @@ def make_client(endpoint_url: str | None = None, region: str | None = None):
     Without signature_version="s3v4" boto3 may pre-sign the legacy (SigV2) way; a custom endpoint
     (moto, MinIO) wants path-style addressing.
     """
+    # Imported here, not with the module: boto3 costs ~0.2 CPU-s, and most processes that load the pipeline's
+    # definitions (a code server evaluating sensors, the CLI's database commands) never make a client.
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path" if endpoint_url else "auto"},

@@ -12,6 +12,10 @@ import gc
 
 gc.disable()
 try:
+    # Each worker makes an S3 client (`stream._s3`); `make_client` imports these two on first use.
+    import boto3  # noqa: F401
+    import botocore.config  # noqa: F401
+
     import reporting_pipeline.stages.aggregate  # noqa: F401  (build_chunk imports these two when it first runs)
     import reporting_pipeline.stages.render  # noqa: F401
     import reporting_pipeline.stages.stream  # noqa: F401

@@ -91,12 +91,18 @@ def test_batch_summaries_equal_one_subscriber_at_a_time():
 
     shifted = [{**r, "value": r["value"] + 7, "record_id": r["record_id"] + "b"} for r in RECORDS]
     lists = [RECORDS, [], shifted, RECORDS[:2], RECORDS[3:]]
-    for (summary, daily, adherence), records in zip(summarize_many(lists, WEEK), lists, strict=True):
-        one_summary, one_daily, one_adherence = summarize(records, WEEK)
-        assert adherence == one_adherence
-        assert_frame_equal(summary, one_summary, check_dtype=False, check_index_type=False)
-        assert_frame_equal(daily, one_daily, check_dtype=False, check_index_type=False)
-    assert summarize_many(lists, WEEK)[2][0].set_index("metric").loc["systolic_bp", "mean"] == 137.0
+    # Report definitions' metric orders: none (alphabetical), and weight first for some subscribers only.
+    weight_first = {"weight": 0, "systolic_bp": 1}
+    for orders in (None, [weight_first, None, None, weight_first, weight_first]):
+        batch = summarize_many(lists, WEEK, orders)
+        for n, ((summary, daily, adherence), records) in enumerate(zip(batch, lists, strict=True)):
+            one_summary, one_daily, one_adherence = summarize(records, WEEK, orders and orders[n])
+            assert adherence == one_adherence
+            assert_frame_equal(summary, one_summary, check_dtype=False, check_index_type=False)
+            assert_frame_equal(daily, one_daily, check_dtype=False, check_index_type=False)
+        assert batch[2][0].set_index("metric").loc["systolic_bp", "mean"] == 137.0
+        assert batch[0][0]["metric"].tolist() == (["weight", "systolic_bp"] if orders else ["systolic_bp", "weight"])
+        assert batch[2][0]["metric"].tolist() == ["systolic_bp", "weight"]
 
 
 def test_a_subscriber_that_breaks_the_batch_pass_fails_alone():

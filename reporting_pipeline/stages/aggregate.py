@@ -107,15 +107,18 @@ def _empty() -> tuple[pd.DataFrame, pd.DataFrame, int]:
     return pd.DataFrame(columns=SUMMARY_COLUMNS), pd.DataFrame(columns=DAILY_COLUMNS), 0
 
 
-def summarize(records: list[dict], week: Week) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def summarize(records: list[dict], week: Week, order: dict[str, int] | None = None,
+              ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Per-metric summary, daily means and adherence (days with any entry) for `week`.
 
-    `records` may include the previous week; it feeds only the change column.
+    `records` may include the previous week; it feeds only the change column. The summary's metrics are in
+    alphabetical order, or in `order` (a report definition's: `metric_order`).
     """
-    return summarize_many([records], week)[0]
+    return summarize_many([records], week, [order])[0]
 
 
-def summarize_many(record_lists: list[list[dict]], week: Week) -> list[tuple[pd.DataFrame, pd.DataFrame, int]]:
+def summarize_many(record_lists: list[list[dict]], week: Week, orders: list[dict[str, int] | None] | None = None,
+                   ) -> list[tuple[pd.DataFrame, pd.DataFrame, int]]:
     """`summarize` for many subscribers in one pass: one frame and one group-by for all of them.
 
     pandas costs about a millisecond per operation whatever the size, so a batch of subscribers in
@@ -154,6 +157,12 @@ def summarize_many(record_lists: list[list[dict]], week: Week) -> list[tuple[pd.
     summary["change"] = summary["mean"] - summary["previous_mean"]
     summary = summary.reset_index()
     summary["count"] = summary["count"].astype(int)
+    if orders and any(orders):
+        # Each subscriber's metrics in its definition's order, for the whole batch in one sort (stable: the
+        # alphabetical order stays among equals, and for subscribers without a definition).
+        owners, metrics = summary["owner"].tolist(), summary["metric"].tolist()
+        rank = [orders[o].get(m, len(orders[o])) if orders[o] else 0 for o, m in zip(owners, metrics)]
+        summary = summary.assign(_rank=rank).sort_values(["owner", "_rank"], kind="stable").drop(columns="_rank")
 
     daily = current.groupby(["owner", "metric", "day"], sort=True)["value"].mean().rename("mean").reset_index()
     adherence = current.groupby("owner")["day"].nunique()
@@ -206,15 +215,9 @@ def apply_definition(records: list[dict], definition: ReportDefinition | None) -
     return kept, issues
 
 
-def _in_definition_order(summary: pd.DataFrame, definition: ReportDefinition | None) -> pd.DataFrame:
-    if definition is None or len(summary) < 2:
-        return summary
-    order = {m.key: i for i, m in enumerate(definition.metrics)}
-    metrics = summary["metric"].tolist()
-    rows = sorted(range(len(metrics)), key=lambda i: order.get(metrics[i], len(order)))
-    if rows == list(range(len(rows))):
-        return summary  # already in the definition's order
-    return summary.iloc[rows].reset_index(drop=True)
+def metric_order(definition: ReportDefinition | None) -> dict[str, int] | None:
+    """Where each metric goes in the report's summary table: the definition's order (None: alphabetical)."""
+    return None if definition is None else {m.key: i for i, m in enumerate(definition.metrics)}
 
 
 _LOGOS: dict[str, Logo] = {}  # by the image's sha256
@@ -239,7 +242,8 @@ def aggregate_many(bundles: list[SubscriberWeek], week_timezone: str) -> list[Ag
         try:
             kept = [apply_definition(b.records, b.definition) for b in bundles]
             summaries = summarize_many([records for records, _ in kept],
-                                       Week.from_key(bundles[0].week_key, week_timezone))
+                                       Week.from_key(bundles[0].week_key, week_timezone),
+                                       [metric_order(b.definition) for b in bundles])
             summaries = [(records, issues, s) for (records, issues), s in zip(kept, summaries)]
         except Exception:
             summaries = [None] * len(bundles)  # one subscriber's data breaks the batch pass: one at a time finds whose
@@ -252,10 +256,9 @@ def aggregate_subscriber(bundle: SubscriberWeek, week_timezone: str, summarized=
     week = Week.from_key(bundle.week_key, week_timezone)
     if summarized is None:
         records, definition_issues = apply_definition(bundle.records, bundle.definition)
-        summary, daily, adherence = summarize(records, week)
+        summary, daily, adherence = summarize(records, week, metric_order(bundle.definition))
     else:
         records, definition_issues, (summary, daily, adherence) = summarized
-    summary = _in_definition_order(summary, bundle.definition)
     in_week = sum(1 for r in records if week.start_utc <= r["recorded_at"] < week.end_utc)
     report = AggregatedReport(
         subscription_id=bundle.subscription_id,

@@ -1,11 +1,16 @@
-"""Objects first, metadata after; deterministic keys; encrypted writes; indexes."""
+"""Objects first, metadata after; deterministic keys; encrypted writes; indexes; data issues recorded once."""
 
+import sys
+from collections import Counter
 from datetime import UTC, datetime
 
 import mongomock
 import pytest
 from botocore.exceptions import ClientError
+from pymongo import MongoClient, monitoring
 
+from reporting_pipeline.errors import Issue
+from reporting_pipeline.operations.dead_letters import data_issue_id, record_data_issues
 from reporting_pipeline.services import mongo
 from reporting_pipeline.stages.store import report_key, store_file, store_report
 
@@ -47,3 +52,79 @@ def test_report_record_is_written_only_after_the_upload_and_a_rerun_replaces_it(
     assert [o["Key"] for o in listed] == [report_key("2026-11-16", "03", "sub_1")] == [records[0]["s3_key"]]
     body = pipeline.s3.get_object(Bucket=pipeline.bucket, Key=records[0]["s3_key"])["Body"].read()
     assert body == b"%PDF-1.4 two"
+
+
+class CommandCounter(monitoring.CommandListener):
+    """What the MongoDB server is asked, as pymongo's command monitoring sees it: (command, collection) counts."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+
+    def started(self, event):
+        self.counts[(event.command_name, event.command.get(event.command_name))] += 1
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+class RacingCollection:
+    """A collection into which another run records `doc` just before this one inserts (a hook in the code path)."""
+
+    def __init__(self, collection, doc: dict):
+        self.collection, self.doc = collection, doc
+
+    def insert_many(self, documents, **kwargs):
+        self.collection.insert_one(self.doc)
+        return self.collection.insert_many(documents, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.collection, name)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="mongoeco's wire server needs Python >= 3.13")
+def test_a_batchs_data_issues_take_a_few_round_trips_and_are_never_recorded_twice():
+    from reporting_pipeline.local.wire_mongo import MongoWireServer
+
+    week = "2026-11-16"
+    left_out = [(f"sub_{s}", week, [Issue("render", "missing_glyph", f"diary {i}: no glyph for U+1F600", f"diary {i}")
+                                    for i in range(8)]) for s in range(20)]
+    with MongoWireServer() as server:
+        counter = CommandCounter()
+        client = MongoClient(server.uri, tz_aware=True, event_listeners=[counter])
+        db = client["reporting"]
+        mongo.ensure_indexes(db)
+        issues = db[mongo.DATA_ISSUES]
+        # Written by a release before `_id` was derived: found and updated, not recorded a second time.
+        issues.insert_one({"subscription_id": "sub_0", "week": week, "ref": "diary 0", "code": "missing_glyph",
+                           "stage": "render", "message": "diary 0: no glyph for U+1F600", "first_seen": AT,
+                           "last_seen": AT})
+        counter.counts.clear()
+        record_data_issues(db, left_out)
+        assert counter.counts == {("find", mongo.DATA_ISSUES): 1, ("insert", mongo.DATA_ISSUES): 1,
+                                  ("update", mongo.DATA_ISSUES): 1}
+        assert issues.count_documents({}) == 160
+        old = issues.find_one({"subscription_id": "sub_0", "ref": "diary 0"})
+        assert old["first_seen"] == AT < old["last_seen"]
+        assert issues.count_documents({"_id": data_issue_id("sub_3", week, left_out[3][2][5])}) == 1
+
+        # The same batch again (a retry), one message changed: updated in place.
+        left_out[4][2][1] = Issue("render", "missing_glyph", "diary 1: no glyph for U+1F601", "diary 1")
+        counter.counts.clear()
+        record_data_issues(db, left_out)
+        assert counter.counts == {("find", mongo.DATA_ISSUES): 1, ("update", mongo.DATA_ISSUES): 2}
+        assert issues.count_documents({}) == 160
+        assert issues.find_one({"subscription_id": "sub_4", "ref": "diary 1"})["message"].endswith("U+1F601")
+
+        # Another run records one of a new subscriber's issues between this one's query and its insert.
+        racing = [Issue("fetch", "malformed_record", f"record r{i}: value is not a number", f"r{i}") for i in range(3)]
+        theirs = {"_id": data_issue_id("sub_new", week, racing[1]), "subscription_id": "sub_new", "week": week,
+                  "ref": "r1", "code": "malformed_record", "stage": "fetch", "message": "an older message",
+                  "first_seen": AT, "last_seen": AT}
+        record_data_issues({mongo.DATA_ISSUES: RacingCollection(issues, theirs)}, [("sub_new", week, racing)])
+        recorded = {d["ref"]: d for d in issues.find({"subscription_id": "sub_new"})}
+        assert sorted(recorded) == ["r0", "r1", "r2"]
+        assert recorded["r1"]["message"] == "record r1: value is not a number" and recorded["r1"]["first_seen"] == AT
+        client.close()

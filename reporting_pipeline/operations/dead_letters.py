@@ -8,6 +8,7 @@ Messages never carry health data: they name the problem and the item id, not its
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import smtplib
@@ -106,15 +107,63 @@ def resolve_dead_letters(db: Database, *, subscription_ids: list[str], week: str
     ))
 
 
-def record_data_issues(db: Database, *, subscription_id: str, week: str, issues: list[Issue]) -> None:
-    """Record the items left out of one subscriber's report."""
+def data_issue_id(subscription_id: str, week: str, issue: Issue) -> str:
+    """The `_id` of one data issue: derived from what identifies it, so that it cannot be recorded twice."""
+    digest = hashlib.sha256(f"{issue.ref}\0{issue.code}".encode()).hexdigest()[:32]
+    return f"{subscription_id}:{week}:{digest}"
+
+
+def record_data_issues(db: Database, left_out: list[tuple[str, str, list[Issue]]]) -> None:
+    """Record the items left out of some reports, given as (subscription_id, week, issues) per report.
+
+    A batch's issues take a few round trips, however many there are: one query for those recorded before,
+    one insert of the new ones, one update of those seen again unchanged (and one per issue whose message
+    changed). A report can leave out dozens of items (each diary entry in a script no report font has).
+    """
+    wanted: dict[str, tuple[str, str, Issue]] = {}
+    for subscription_id, week, issues in left_out:
+        for issue in issues:
+            wanted[data_issue_id(subscription_id, week, issue)] = (subscription_id, week, issue)
+    if wanted:
+        call_with_retry(lambda: _record_data_issues(db[mongo.DATA_ISSUES], wanted))
+
+
+def _record_data_issues(collection, wanted: dict[str, tuple[str, str, Issue]]) -> None:
+    from pymongo.errors import BulkWriteError
+
     now = datetime.now(UTC)
-    for issue in issues:
-        call_with_retry(lambda issue=issue: mongo.upsert(
-            db[mongo.DATA_ISSUES],
-            {"subscription_id": subscription_id, "week": week, "ref": issue.ref, "code": issue.code},
-            {
-                "$set": {"stage": issue.stage, "message": issue.message[:500], "last_seen": now},
-                "$setOnInsert": {"first_seen": now},
-            },
-        ))
+
+    def fields(subscription_id: str, week: str, issue: Issue) -> dict:
+        return {"subscription_id": subscription_id, "week": week, "ref": issue.ref, "code": issue.code}
+
+    def content(issue: Issue) -> dict:
+        return {"stage": issue.stage, "message": issue.message[:500]}
+
+    # Found by what identifies them, not by `_id`: documents written before `_id` was derived have another.
+    recorded = {(d["subscription_id"], d["week"], d["ref"], d["code"]): d for d in collection.find(
+        {"subscription_id": {"$in": sorted({s for s, _, _ in wanted.values()})},
+         "week": {"$in": sorted({w for _, w, _ in wanted.values()})}},
+        {"subscription_id": 1, "week": 1, "ref": 1, "code": 1, "stage": 1, "message": 1})}
+    unchanged, changed, new = [], [], []
+    for _id, (subscription_id, week, issue) in wanted.items():
+        before = recorded.get((subscription_id, week, issue.ref, issue.code))
+        if before is None:
+            new.append({"_id": _id, **fields(subscription_id, week, issue), **content(issue), "first_seen": now,
+                        "last_seen": now})
+        elif all(before.get(k) == v for k, v in content(issue).items()):
+            unchanged.append(before["_id"])
+        else:
+            changed.append((subscription_id, week, issue))
+    if new:
+        try:
+            collection.insert_many(new, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                raise
+            # Recorded meanwhile by another run of the same subscribers: brought up to date below.
+            changed += [wanted[new[e["index"]]["_id"]] for e in errors]
+    if unchanged:
+        collection.update_many({"_id": {"$in": unchanged}}, {"$set": {"last_seen": now}})
+    for subscription_id, week, issue in changed:
+        collection.update_one(fields(subscription_id, week, issue), {"$set": {**content(issue), "last_seen": now}})

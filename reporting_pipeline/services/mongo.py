@@ -81,8 +81,11 @@ INDEXES: dict[str, list[Index]] = {
         Index(("subscription_id", "week", "stage"), unique=True, name="subscription_week_stage"),
         Index(("week", "status"), name="week_status"),
     ],
+    # A data issue's `_id` is derived from (subscription, week, ref, code), which makes it unique, and this index
+    # finds a batch's issues (dead_letters.record_data_issues). Deployments may keep their old unique
+    # `subscription_week_ref_code` index: issues are looked up by those fields before any is inserted.
     DATA_ISSUES: [
-        Index(("subscription_id", "week", "ref", "code"), unique=True, name="subscription_week_ref_code"),
+        Index(("subscription_id", "week"), name="subscription_week"),
     ],
 }
 

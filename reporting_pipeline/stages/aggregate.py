@@ -6,7 +6,6 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 # pandas loads numpy, whose OpenBLAS starts a thread per core as it loads (0.1-0.2 CPU-s of every worker server
@@ -23,7 +22,6 @@ from reporting_pipeline.errors import (
     TextNotUtf8,
     UnitMismatch,
 )
-from reporting_pipeline.operations.dead_letters import record_data_issues, record_dead_letter
 from reporting_pipeline.services.objectstore import sha256_hex
 from reporting_pipeline.services.retry import captured
 from reporting_pipeline.weeks import Week
@@ -31,9 +29,6 @@ from reporting_pipeline.weeks import Week
 from .definitions import ReportDefinition
 from .fetch import SubscriberWeek
 from .images import make_logo, make_thumbnail
-
-if TYPE_CHECKING:
-    from pymongo.database import Database
 
 SUMMARY_COLUMNS = [
     "metric", "unit", "count", "mean", "min", "max", "previous_mean", "change", "out_of_range", "ref_low", "ref_high",
@@ -292,20 +287,6 @@ def aggregate_subscriber(bundle: SubscriberWeek, week_timezone: str, summarized=
         except ReportInputError as error:
             report.issues.append(Issue.from_error("aggregate", error))
     return report
-
-
-def record_aggregation(db: Database, batch: list[SubscriberWeek], results: list) -> list[AggregatedReport]:
-    """Dead letters for the subscribers whose aggregation raised, data issues for the rest; the reports that go on."""
-    reports = []
-    for bundle, result in zip(batch, results):
-        if isinstance(result, BaseException):
-            record_dead_letter(db, subscription_id=bundle.subscription_id, week=bundle.week_key, stage="aggregate",
-                               error=result)
-            continue
-        if result.issues:
-            record_data_issues(db, subscription_id=result.subscription_id, week=result.week_key, issues=result.issues)
-        reports.append(result)
-    return reports
 
 
 def local_date(moment: datetime, timezone: str) -> date:

@@ -175,6 +175,8 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, results
 
     with ThreadPoolExecutor(max(1, min(io_threads, len(built)))) as pool:
         stored = dict(zip((id(r) for r in built), pool.map(partial(captured, store), built)))
+    # What was left out of the built reports, stored or not (a retry rebuilds the same), in one write.
+    record_data_issues(db, [(r.subscription_id, r.week_key, r.issues) for r in built if r.issues])
 
     # Per week, the stored subscribers' dead letters are closed in one write. (Should the breaker trip first,
     # the step's retry stores them again, unchanged, and closes them.)
@@ -186,9 +188,6 @@ def publish_batch(db: Database, s3, bucket: str, encryption: Encryption, results
             summary.aggregate_issues += sum(1 for i in result.issues if i.stage == "aggregate")
             summary.render_issues += sum(1 for i in result.issues if i.stage == "render")
             summary.aggregated += 1
-            if result.issues:
-                record_data_issues(db, subscription_id=result.subscription_id, week=result.week_key,
-                                   issues=result.issues)
             stage, error = "store", stored[id(result)]
         else:
             stage, error = result.stage, result.error

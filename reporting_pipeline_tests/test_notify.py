@@ -30,6 +30,7 @@ from reporting_pipeline.stages.notify import (
     message_id,
     release_delivery,
 )
+from reporting_pipeline.stages.subscribe import UNSUBSCRIBE_TOKENS, subscription_for_token
 from reporting_pipeline.weeks import Week
 
 
@@ -380,6 +381,44 @@ def test_every_report_of_every_batch_ends_marked_and_its_delivery_dead_letters_c
     assert letters == {("sub_0", WEEK.key): "resolved", ("sub_4", WEEK.key): "resolved",
                        ("sub_4", "2026-11-09"): "open"}  # another week's failure is not this run's to close
     assert sorted(m["To"] for m in smtp_server.handler.messages) == ["p0@example.org", "p2@example.org", "p4@example.org"]
+
+
+
+def test_each_email_carries_its_own_working_unsubscribe_link_and_a_rerun_issues_no_new_ones(smtp_server):
+    db = mongomock.MongoClient(tz_aware=True).db
+    mongo.ensure_indexes(db)
+    for n in range(5):
+        db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
+                                            "status": "active" if n != 3 else "withdrawn", "email": f"p{n}@example.org"})
+        db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
+                                      "s3_key": f"reports/{n}.pdf", "sha256": "abc"})
+    settings = SmtpSettings("127.0.0.1", smtp_server.port, email_from=SENDER)
+
+    def deliver(owner: str):
+        return deliver_shard(db, PresigningS3(), "bucket", settings, week=WEEK, shard_id="s01", link_ttl_hours=72,
+                             owner=owner, unsubscribe_url=UNSUBSCRIBE, batch_size=2)
+
+    def tokens_by_recipient() -> dict[str, str]:
+        fields = [raw_headers(raw) for raw in smtp_server.handler.raw]
+        return {f["to"][0].decode(): f["list-unsubscribe"][0].decode().rsplit("/", 1)[1].rstrip(">") for f in fields}
+
+    assert deliver("run-1").sent == 4
+    tokens = tokens_by_recipient()
+    assert len(set(tokens.values())) == 4
+    for address, token in tokens.items():  # each link unsubscribes its own recipient, no one else
+        assert subscription_for_token(db, token)["email"] == address
+    stored = db[UNSUBSCRIBE_TOKENS].count_documents({})
+    assert stored == 4
+
+    assert deliver("run-2").already_sent == 4  # nothing to send: no token issued
+    assert db[UNSUBSCRIBE_TOKENS].count_documents({}) == stored
+
+    # A restored database: a report marked sent whose send the ledger does not know is sent, with a working link.
+    db[mongo.DELIVERIES].delete_one({"_id": f"sub_2:{WEEK.key}"})
+    assert deliver("run-3").sent == 1
+    assert len(smtp_server.handler.raw) == 5
+    token = raw_headers(smtp_server.handler.raw[-1])["list-unsubscribe"][0].decode().rsplit("/", 1)[1].rstrip(">")
+    assert subscription_for_token(db, token)["_id"] == "sub_2"
 
 
 @pytest.mark.parametrize("rate", [0, -1, float("nan"), float("inf")])

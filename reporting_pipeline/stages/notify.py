@@ -39,7 +39,7 @@ from reporting_pipeline.settings import MAX_LINK_TTL_HOURS
 from reporting_pipeline.weeks import Week
 
 from .i18n import N_, Language, language
-from .subscribe import issue_unsubscribe_token
+from .subscribe import issue_unsubscribe_token, issue_unsubscribe_tokens
 
 # English msgid; each email is in its report's language (the `language` its `reports` record carries).
 SUBJECT = N_("Your weekly report is ready")
@@ -294,6 +294,11 @@ def deliver_shard(
     for batch in _report_batches(db, week.key, shard_id, batch_size):
         ids = [r["subscription_id"] for r in batch]
         subscriptions = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}})}
+        # The unsubscribe tokens of the batch's emails in one write, not one per email. Only reports not sent
+        # before get one; the few that turn out held elsewhere or undeliverable leave a token nobody has.
+        tokens = call_with_retry(lambda: issue_unsubscribe_tokens(db, [
+            r["subscription_id"] for r in batch if r.get("delivery_state") != "sent"
+            and subscriptions.get(r["subscription_id"], {}).get("status") == "active"]))
         sent = []  # marked once per batch: should the run die first, the healer finds them sent in the ledger
         with SmtpSession(smtp, pacer) as session:
             for report in batch:
@@ -326,7 +331,8 @@ def deliver_shard(
                     link_lifetime = _link_lifetime(report, ttl, retention_days)
                     expires_at = datetime.now(UTC) + link_lifetime
                     link = presigned_get_url(s3, bucket, report["s3_key"], int(link_lifetime.total_seconds()))
-                    token = call_with_retry(lambda: issue_unsubscribe_token(db, sub_id))
+                    # A report marked sent that the ledger does not know (a restored database) has none yet.
+                    token = tokens.get(sub_id) or call_with_retry(lambda: issue_unsubscribe_token(db, sub_id))
                     # In the language the report was rendered in (older reports have none: English).
                     message = compose_email(to=address, email_from=smtp.email_from, link=link, expires_at=expires_at,
                                             week=week, msg_id=msg_id, lang=report.get("language") or "en",

@@ -155,10 +155,18 @@ def _token_hash(token: str) -> str:
 
 def issue_unsubscribe_token(db: Database, sub_id: str, now: datetime | None = None) -> str:
     """A fresh unguessable token for one email; only its hash is stored, and it can only unsubscribe."""
-    token = secrets.token_urlsafe(32)
-    db[UNSUBSCRIBE_TOKENS].insert_one({"_id": _token_hash(token), "subscription_id": sub_id, "purpose": "unsubscribe",
-                                       "created_at": now or datetime.now(UTC)})
-    return token
+    return issue_unsubscribe_tokens(db, [sub_id], now)[sub_id]
+
+
+def issue_unsubscribe_tokens(db: Database, sub_ids: list[str], now: datetime | None = None) -> dict[str, str]:
+    """A fresh token for each of these subscriptions' next email, stored in one write."""
+    tokens = {sub_id: secrets.token_urlsafe(32) for sub_id in sub_ids}
+    if tokens:
+        now = now or datetime.now(UTC)
+        db[UNSUBSCRIBE_TOKENS].insert_many([
+            {"_id": _token_hash(token), "subscription_id": sub_id, "purpose": "unsubscribe", "created_at": now}
+            for sub_id, token in tokens.items()])
+    return tokens
 
 
 def subscription_for_token(db: Database, token: str) -> dict:

@@ -340,15 +340,22 @@ class PresigningS3:
         return f"https://s3.example.org/{Params['Bucket']}/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
 
 
-def test_a_delivery_run_keeps_its_rate_across_batches(clocked_server):
-    server, clock = clocked_server
+def five_stored_reports(withdrawn: int | None = None):
+    """A database holding the stored reports of sub_0..sub_4 (p0..p4@example.org), sub_`withdrawn` withdrawn."""
     db = mongomock.MongoClient(tz_aware=True).db
     mongo.ensure_indexes(db)
     for n in range(5):
         db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
-                                            "status": "active", "email": f"p{n}@example.org"})
+                                            "status": "withdrawn" if n == withdrawn else "active",
+                                            "email": f"p{n}@example.org"})
         db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
                                       "s3_key": f"reports/{n}.pdf", "sha256": "abc"})
+    return db
+
+
+def test_a_delivery_run_keeps_its_rate_across_batches(clocked_server):
+    server, clock = clocked_server
+    db = five_stored_reports()
     settings = SmtpSettings("127.0.0.1", server.port, email_from=SENDER, max_messages_per_second=4)
     summary = deliver_shard(db, PresigningS3(), "bucket", settings, week=WEEK, shard_id="s01", link_ttl_hours=72,
                             owner="run-1", unsubscribe_url=UNSUBSCRIBE, batch_size=2,  # three SMTP sessions
@@ -359,13 +366,7 @@ def test_a_delivery_run_keeps_its_rate_across_batches(clocked_server):
 
 def test_every_report_of_every_batch_ends_marked_and_its_delivery_dead_letters_closed(smtp_server):
     """Marks and dead-letter closes are written once per batch: each report of each batch still gets its own."""
-    db = mongomock.MongoClient(tz_aware=True).db
-    mongo.ensure_indexes(db)
-    for n in range(5):
-        db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
-                                            "status": "active" if n != 3 else "withdrawn", "email": f"p{n}@example.org"})
-        db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
-                                      "s3_key": f"reports/{n}.pdf", "sha256": "abc"})
+    db = five_stored_reports(withdrawn=3)
     # sub_1 was emailed by an earlier run that died before marking its report; sub_0 and sub_4 failed before.
     assert claim_delivery(db, "sub_1", WEEK.key, "run-0", timedelta(minutes=5))
     complete_delivery(db, "sub_1", WEEK.key, "run-0", {"s3_key": "reports/1.pdf", "sha256": "abc"}, "<m@x>")
@@ -383,15 +384,8 @@ def test_every_report_of_every_batch_ends_marked_and_its_delivery_dead_letters_c
     assert sorted(m["To"] for m in smtp_server.handler.messages) == ["p0@example.org", "p2@example.org", "p4@example.org"]
 
 
-
 def test_each_email_carries_its_own_working_unsubscribe_link_and_a_rerun_issues_no_new_ones(smtp_server):
-    db = mongomock.MongoClient(tz_aware=True).db
-    mongo.ensure_indexes(db)
-    for n in range(5):
-        db[mongo.SUBSCRIPTIONS].insert_one({"_id": f"sub_{n}", "trial_id": "t1", "participant_id": f"P{n}",
-                                            "status": "active" if n != 3 else "withdrawn", "email": f"p{n}@example.org"})
-        db[mongo.REPORTS].insert_one({"subscription_id": f"sub_{n}", "week": WEEK.key, "shard": "s01",
-                                      "s3_key": f"reports/{n}.pdf", "sha256": "abc"})
+    db = five_stored_reports(withdrawn=3)
     settings = SmtpSettings("127.0.0.1", smtp_server.port, email_from=SENDER)
 
     def deliver(owner: str):

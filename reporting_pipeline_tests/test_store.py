@@ -61,7 +61,9 @@ class CommandCounter(monitoring.CommandListener):
         self.counts: Counter = Counter()
 
     def started(self, event):
-        self.counts[(event.command_name, event.command.get(event.command_name))] += 1
+        # A long answer comes in more than one batch (getMore, named by its cursor): still that one query.
+        if event.command_name != "getMore":
+            self.counts[(event.command_name, event.command.get(event.command_name))] += 1
 
     def succeeded(self, event):
         pass

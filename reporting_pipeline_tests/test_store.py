@@ -93,9 +93,8 @@ def test_a_batchs_data_issues_take_a_few_round_trips_and_are_never_recorded_twic
     week = "2026-11-16"
     left_out = [(f"sub_{s}", week, [Issue("render", "missing_glyph", f"diary {i}: no glyph for U+1F600", f"diary {i}")
                                     for i in range(8)]) for s in range(20)]
-    with MongoWireServer() as server:
-        counter = CommandCounter()
-        client = MongoClient(server.uri, tz_aware=True, event_listeners=[counter])
+    counter = CommandCounter()
+    with MongoWireServer() as server, MongoClient(server.uri, tz_aware=True, event_listeners=[counter]) as client:
         db = client["reporting"]
         mongo.ensure_indexes(db)
         issues = db[mongo.DATA_ISSUES]
@@ -129,4 +128,3 @@ def test_a_batchs_data_issues_take_a_few_round_trips_and_are_never_recorded_twic
         recorded = {d["ref"]: d for d in issues.find({"subscription_id": "sub_new"})}
         assert sorted(recorded) == ["r0", "r1", "r2"]
         assert recorded["r1"]["message"] == "record r1: value is not a number" and recorded["r1"]["first_seen"] == AT
-        client.close()

@@ -293,19 +293,19 @@ def deliver_shard(
     pacer = pacer or Pacer(smtp.max_messages_per_second)  # one for all batches: the cap is per run
     for batch in _report_batches(db, week.key, shard_id, batch_size):
         ids = [r["subscription_id"] for r in batch]
-        subscriptions = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}})}
+        # Checked at send time: an unsubscribed participant gets nothing, even if rendered.
+        active = {s["_id"]: s for s in db[mongo.SUBSCRIPTIONS].find({"_id": {"$in": ids}, "status": "active"})}
         # The unsubscribe tokens of the batch's emails in one write, not one per email. Only reports not sent
         # before get one; the few that turn out held elsewhere or undeliverable leave a token nobody has.
         tokens = call_with_retry(lambda: issue_unsubscribe_tokens(db, [
-            r["subscription_id"] for r in batch if r.get("delivery_state") != "sent"
-            and subscriptions.get(r["subscription_id"], {}).get("status") == "active"]))
+            r["subscription_id"] for r in batch
+            if r["subscription_id"] in active and r.get("delivery_state") != "sent"]))
         sent = []  # marked once per batch: should the run die first, the healer finds them sent in the ledger
         with SmtpSession(smtp, pacer) as session:
             for report in batch:
                 sub_id = report["subscription_id"]
-                subscription = subscriptions.get(sub_id)
-                # Checked at send time: an unsubscribed participant gets nothing, even if rendered.
-                if subscription is None or subscription.get("status") != "active":
+                subscription = active.get(sub_id)
+                if subscription is None:
                     summary.not_active += 1
                     if report.get("delivery_state") != "not_active":
                         call_with_retry(lambda: mark_reports(db, [sub_id], week.key, "not_active"))

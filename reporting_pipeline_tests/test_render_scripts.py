@@ -21,7 +21,7 @@ from pypdf.generic import ContentStream
 from reporting_pipeline.stages import render
 from reporting_pipeline.stages.aggregate import aggregate_subscriber
 from reporting_pipeline.stages.fetch import FileItem
-from reporting_pipeline.stages.fonts import _pip_font_dirs, load_fonts
+from reporting_pipeline.stages.fonts import PREPROCESS_AFTER_SUBSETS, _pip_font_dirs, load_fonts
 from reporting_pipeline.stages.render import render_report, render_report_checked
 
 from .conftest import pdf_text
@@ -216,6 +216,22 @@ def test_no_glyph_drawn_is_notdef():
 @needs_noto
 def test_multi_script_rendering_is_deterministic():
     assert render_report(multi_script_report())[0] == render_report(multi_script_report())[0]
+
+
+@needs_noto
+def test_a_process_that_has_rendered_many_reports_embeds_the_same_fonts(monkeypatch):
+    # After PREPROCESS_AFTER_SUBSETS subsets of a font (a worker deep into a large shard) its subsets are cut from
+    # HarfBuzz's preprocessed face: the reports must stay byte for byte what a fresh process renders.
+    report = multi_script_report()
+    fresh = render_report(report)[0]
+    chain = {*load_fonts().regular, *load_fonts().bold}
+    for font in chain:
+        monkeypatch.setattr(font, "_subsets", PREPROCESS_AFTER_SUBSETS - 1)
+        monkeypatch.setattr(font, "_subset_face", font.face)
+    assert render_report(report)[0] == fresh
+    preprocessed = {font.ps_name for font in chain if font._subset_face is not font.face}
+    assert {"NotoSans-Regular", "NotoSansCJKjp-Regular", "NotoSansCJKjp-Bold",
+            "NotoNaskhArabic-Regular"} <= preprocessed
 
 
 @needs_poppler

@@ -55,10 +55,12 @@ FALLBACK_CHAIN = (
 REPLACEMENT = 0xFFFD
 _TAGS = ("GSUB", "GPOS", "GDEF", "BASE", "JSTF", "MATH", "VORG", "vhea", "vmtx", "DSIG", "kern", "name", "meta")
 _DROP_TABLES = [int.from_bytes(t.encode(), "big") for t in _TAGS]
-# HarfBuzz subsets a preprocessed face 3-13 times as fast, but preprocessing takes 6-30 ms for a Latin font
-# and about 0.8 s for Noto CJK: it paid for itself after 19-116 subsets (measured). So a process preprocesses a
-# font once it has subset it this many times: a worker rendering a large shard gains, a short run pays nothing.
+# HarfBuzz subsets a preprocessed face 2-3 times as fast, but preprocessing a Latin font takes 6-30 ms and
+# 5 MiB: it paid for itself after 19-76 subsets (measured). So a process preprocesses a font once it has subset
+# it this many times: a worker rendering a large shard gains, a short run pays nothing. Not Noto CJK's
+# 65,535 glyphs: 0.8 s and 120 MiB a face (180 MiB for regular and bold), in every worker.
 PREPROCESS_AFTER_SUBSETS = 128
+PREPROCESS_MAX_GLYPHS = 10_000
 
 
 def _pip_font_dirs() -> list[str]:
@@ -191,7 +193,7 @@ class GlyphFont:
         which PDF then takes as CIDs.
         """
         self._subsets += 1
-        if self._subsets == PREPROCESS_AFTER_SUBSETS:
+        if self._subsets == PREPROCESS_AFTER_SUBSETS and self.face.glyph_count <= PREPROCESS_MAX_GLYPHS:
             self._subset_face = hb.subset_preprocess(self.face)  # same subsets, only faster
         inp = hb.SubsetInput()
         inp.glyph_set.update(gids)

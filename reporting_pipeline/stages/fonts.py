@@ -55,7 +55,7 @@ FALLBACK_CHAIN = (
 REPLACEMENT = 0xFFFD
 _TAGS = ("GSUB", "GPOS", "GDEF", "BASE", "JSTF", "MATH", "VORG", "vhea", "vmtx", "DSIG", "kern", "name", "meta")
 _DROP_TABLES = [int.from_bytes(t.encode(), "big") for t in _TAGS]
-# HarfBuzz subsets a preprocessed face 2-3 times as fast, but preprocessing a Latin font takes 6-30 ms and
+# HarfBuzz subsets a preprocessed face 2-6 times as fast, but preprocessing a Latin font takes 6-30 ms and
 # 5 MiB: it paid for itself after 19-76 subsets (measured). So a process preprocesses a font once it has subset
 # it this many times: a worker rendering a large shard gains, a short run pays nothing. Not Noto CJK's
 # 65,535 glyphs: 0.8 s and 120 MiB a face (180 MiB for regular and bold), in every worker.

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+# A suite started in the background by a script (`make test &`, nohup) inherits SIGINT ignored, and an ignored
+# signal stays ignored in every process it starts: the code servers the termination tests stop then shut down
+# never. Python's own handler is reset to the default in a started program, so the test's processes get it back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Short waits in tests: step retries and in-step backoff keep their shape, not their production length.
 os.environ.setdefault("REPORT_STEP_RETRY_DELAY_SECONDS", "0.05")

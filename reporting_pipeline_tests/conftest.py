@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 # A suite started in the background by a script (`make test &`, nohup) inherits SIGINT ignored, and an ignored
-# signal stays ignored in every process it starts: the code servers the termination tests stop then shut down
-# never. Python's own handler is reset to the default in a started program, so the test's processes get it back.
+# signal stays ignored in every process it starts: the code servers the termination tests stop would never shut
+# down. Python's own handler is reset to the default in a started program, so the test's processes get it back.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 

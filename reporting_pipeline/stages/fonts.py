@@ -54,7 +54,14 @@ FALLBACK_CHAIN = (
 )
 REPLACEMENT = 0xFFFD
 _TAGS = ("GSUB", "GPOS", "GDEF", "BASE", "JSTF", "MATH", "VORG", "vhea", "vmtx", "DSIG", "kern", "name", "meta")
-_DROP_TABLES = [int.from_bytes(t.encode(), "big") for t in _TAGS]
+
+
+def _tag_numbers(tags) -> list[int]:
+    """OpenType table tags as the numbers HarfBuzz's subset input takes."""
+    return [int.from_bytes(t.encode(), "big") for t in tags]
+
+
+_DROP_TABLES = _tag_numbers(_TAGS)
 # HarfBuzz subsets a preprocessed face 2-6 times as fast, but preprocessing a Latin font takes 6-30 ms and
 # 5 MiB: it paid for itself after 19-76 subsets (measured). So a process preprocesses a font once it has subset
 # it this many times: a worker rendering a large shard gains, a short run pays nothing. Not Noto CJK's
@@ -167,6 +174,9 @@ class GlyphFont:
         post = self.face.reference_table("post").data
         self.italic_angle = struct.unpack_from(">i", post, 4)[0] / 65536 if len(post) >= 8 else 0
         self._subset_face, self._subsets = self.face, 0
+        # A CFF font is embedded as its CFF table alone: subsetting the others (Noto CJK's cmap of 65,000 code
+        # points above all) would be thrown away, and took about half the time.
+        self._drop_tables = _tag_numbers(sorted(tags - {"CFF "})) if self.is_cff else _DROP_TABLES
 
     def has(self, cp: int) -> bool:
         return cp in self.cmap
@@ -201,11 +211,7 @@ class GlyphFont:
         if self.is_cff and self._cids is None:
             flags |= hb.SubsetFlags.RETAIN_GIDS
         inp.flags = flags
-        # A CFF font is embedded as its CFF table alone: subsetting the others (Noto CJK's cmap of 65,000
-        # code points above all) would be thrown away, and took about half the time.
-        drop = [int.from_bytes(t.encode(), "big") for t in self.face.table_tags if t != "CFF "] \
-            if self.is_cff else _DROP_TABLES
-        for tag in drop:
+        for tag in self._drop_tables:
             inp.drop_table_tag_set.add(tag)
         plan = hb.SubsetPlan(self._subset_face, inp)
         subset = plan.execute()

@@ -18,7 +18,14 @@ from reporting_pipeline.local.embedded import Outbox, SmtpServer
 from reporting_pipeline.operations.dead_letters import record_dead_letter
 from reporting_pipeline.services import mongo
 from reporting_pipeline.services.dkim_sign import DkimConfigError, load_dkim_key
-from reporting_pipeline.services.mail import Pacer, SmtpSession, SmtpSettings, validate_email, wire_bytes
+from reporting_pipeline.services.mail import (
+    WIRE_POLICY,
+    Pacer,
+    SmtpSession,
+    SmtpSettings,
+    validate_email,
+    wire_bytes,
+)
 from reporting_pipeline.stages.notify import (
     SUBJECT,
     claim_delivery,
@@ -526,6 +533,37 @@ def folded(text: str) -> str:
 
 def test_an_english_email_stays_plain_ascii_headers():
     assert raw_headers(wire_bytes(localized_email("en")))["subject"] == [b"Your weekly report is ready"]
+
+
+def test_header_values_parsed_once_and_shared_between_emails_change_no_byte_of_any(smtp_server):
+    """Composing reuses parsed header values across emails (mail._ReusedHeaders). What reaches the server must
+    be what each email would be alone: its own recipient, ids, subject and links, every byte the same."""
+    def alone(lang, n):  # composed with nothing parsed before it
+        WIRE_POLICY._parsed.cache_clear()
+        return wire_bytes(numbered_email(lang, n))
+
+    def numbered_email(lang, n):
+        return compose_email(to=f"p{n}@example.org", email_from=SENDER, link=f"{LINK}&n={n}",
+                             expires_at=datetime(2026, 11, 30, 9, 0, tzinfo=UTC), week=WEEK,
+                             msg_id=message_id(f"sub_{n}", WEEK.key, SENDER), unsubscribe_url=f"{UNSUBSCRIBE}{n}",
+                             lang=lang)
+
+    def same_moment(raw):  # the Date (composing time) and the MIME boundary (random) aside
+        raw = re.sub(rb"\r\nDate: [^\r]*", b"", raw)
+        return raw.replace(re.search(rb'boundary="([^"]+)"', raw).group(1), b"BOUNDARY")
+
+    emails = [(lang, n) for n in range(40) for lang in ("ja", "en", "de")]
+    WIRE_POLICY._parsed.cache_clear()
+    messages = [numbered_email(lang, n) for lang, n in emails]
+    assert WIRE_POLICY._parsed.cache_info().hits > 10 * len(emails)  # shared: most headers came from the cache
+    received = received_bytes(smtp_server, *messages)
+    for (lang, n), raw in zip(emails, received):
+        fields = raw_headers(raw)
+        assert (fields["to"], fields["message-id"], fields["list-unsubscribe"]) == (
+            [f"p{n}@example.org".encode()], [message_id(f"sub_{n}", WEEK.key, SENDER).encode()],
+            [f"<{UNSUBSCRIBE}{n}>".encode()])
+        assert message_from_bytes(raw, policy=default_policy)["Subject"] == numbered_email(lang, n)["Subject"]
+    assert [same_moment(raw) for raw in received] == [same_moment(alone(lang, n)) for lang, n in emails]
 
 
 def test_delivery_writes_each_email_in_its_reports_language(smtp_server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.headerregistry
 import email.policy
+import functools
 import re
 import smtplib
 import ssl
@@ -41,11 +42,31 @@ class _HeaderClasses(email.headerregistry.HeaderRegistry):
         return self._made[key]
 
 
+class _ReusedHeaders:
+    """Parse a header value once and reuse the result: most of a notification's headers (its subject, sender,
+    MIME headers) are the same in every email, and parsing them again was two fifths of composing one.
+    Header objects are immutable strings, so sharing them between messages is safe. Least recently used
+    go first: the values of one email only (recipient, date, ids) age out, those every email has stay."""
+
+    @functools.lru_cache(maxsize=128)
+    def _parsed(self, name: str, value: str):
+        return super().header_store_parse(name, value)
+
+    def header_store_parse(self, name, value):
+        if type(value) is str:
+            return self._parsed(name, value)
+        return super().header_store_parse(name, value)
+
+
+class _BodyPolicy(_ReusedHeaders, email.policy.EmailPolicy):
+    pass
+
+
 # RFC 2045: quoted-printable and base64 body lines are at most 76 characters (Python's SMTP policy allows 78).
-BODY_POLICY = email.policy.SMTP.clone(max_line_length=76, header_factory=_HeaderClasses())
+BODY_POLICY = _BodyPolicy(linesep="\r\n", max_line_length=76, header_factory=_HeaderClasses())
 
 
-class _WirePolicy(email.policy.EmailPolicy):
+class _WirePolicy(_ReusedHeaders, email.policy.EmailPolicy):
     def _fold(self, name, value, refold_binary=False):
         if not str(value).isascii():
             return email.policy.EmailPolicy._fold(self.clone(max_line_length=ENCODED_WORD_LINE_LENGTH), name, value,

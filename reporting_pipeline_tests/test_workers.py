@@ -1,10 +1,12 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from botocore.exceptions import ClientError
 
 from reporting_pipeline.operations.dead_letters import record_dead_letter
@@ -63,20 +65,44 @@ def what_a_worker_starts_with(items):
     server = Path(f"/proc/{os.getppid()}/status").read_text()
     server_threads = int(next(line.split()[1] for line in server.splitlines() if line.startswith("Threads:")))
     modules = sorted({"pandas", "reportlab", "boto3", "pymongo"} & set(sys.modules))
-    return [(gc.get_freeze_count(), gc.isenabled(), modules, server_threads) for _ in items]
+    import boto3
+
+    # What a worker's S3 client is made from, loaded by the server (botocore caches it on the default session).
+    session = boto3.DEFAULT_SESSION
+    cached = {key[:2] for key in session._session.get_component("data_loader")._cache} if session else set()
+    s3_model = ("load_service_model", "s3") in cached
+    return [(gc.get_freeze_count(), gc.isenabled(), modules, server_threads, s3_model) for _ in items]
 
 
 def test_workers_start_with_what_they_run_imported_once_and_out_of_the_garbage_collectors_way():
     """The forkserver's preload is what saves each worker a second and a half of imports; multiprocessing
     ignores a preload that fails to import, so this is where a broken one shows. It loads only what workers
     run: not pymongo (workers never talk to MongoDB), and numpy without OpenBLAS's thread per core (no report
-    does linear algebra; starting them was a tenth of a CPU-second of every pool's start)."""
+    does linear algebra; starting them was a tenth of a CPU-second of every pool's start). botocore's S3 model is
+loaded there too, without starting a thread."""
     with WorkerPool(2) as pool:
         started = pool.map(what_a_worker_starts_with, list(range(4)))
-    for frozen, collecting, modules, server_threads in started:
+    for frozen, collecting, modules, server_threads, s3_model in started:
         assert modules == ["boto3", "pandas", "reportlab"]
+        assert s3_model  # a worker's client takes ~17 ms instead of ~100
         assert frozen > 50_000 and collecting  # imported with the collector off, frozen, then it is back on
         assert server_threads == 1
+
+
+def test_the_servers_s3_warm_up_asks_no_credential_provider(tmp_path):
+    """The server loads botocore's S3 model before any run's settings reach it, through a client with dummy keys:
+    on a machine without credentials it must not wait on the instance metadata service (seconds per pool)."""
+    with socket.socket() as metadata:
+        metadata.bind(("127.0.0.1", 0))
+        metadata.listen(8)
+        metadata.setblocking(False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{metadata.getsockname()[1]}/",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+        subprocess.run([sys.executable, "-c", "from reporting_pipeline.services.objectstore import load_client_models;"
+                        "load_client_models()"], env=env, check=True, timeout=120)
+        with pytest.raises(BlockingIOError):  # the call has returned: a connection it made would be waiting here
+            metadata.accept()
 
 
 def _state(pid: int) -> str:

@@ -14,8 +14,8 @@ from .retry import call_with_retry
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
-def make_client(endpoint_url: str | None = None, region: str | None = None):
-    """A boto3 S3 client that signs with SigV4.
+def make_client(endpoint_url: str | None = None, region: str | None = None, **credentials: str):
+    """A boto3 S3 client that signs with SigV4 (with the default credential chain's keys unless given).
 
     Without signature_version="s3v4" boto3 may pre-sign the legacy (SigV2) way; a custom endpoint
     (moto, MinIO) wants path-style addressing.
@@ -38,7 +38,18 @@ def make_client(endpoint_url: str | None = None, region: str | None = None):
         endpoint_url=endpoint_url or None,
         region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         config=config,
+        **credentials,
     )
+
+
+def load_client_models() -> None:
+    """Load what every S3 client is made from (botocore's S3 model and endpoint rules) into this process's
+    default session: ~90 ms of CPU once, after which a client takes ~17 ms instead of ~100.
+
+    For a process that forks workers which each make a client. The keys are dummies, so no credential
+    provider is asked (no metadata-service call); the client is thrown away unused.
+    """
+    make_client(None, "us-east-1", aws_access_key_id="unused", aws_secret_access_key="unused")
 
 
 def ensure_bucket(client, bucket: str) -> None:

@@ -67,6 +67,8 @@ BODY_POLICY = _BodyPolicy(linesep="\r\n", max_line_length=76, header_factory=_He
 
 
 class _WirePolicy(_ReusedHeaders, email.policy.EmailPolicy):
+    # Folded once too: the same header comes out the same way in every email (its name and text decide it).
+    @functools.lru_cache(maxsize=128)
     def _fold(self, name, value, refold_binary=False):
         if not str(value).isascii():
             return email.policy.EmailPolicy._fold(self.clone(max_line_length=ENCODED_WORD_LINE_LENGTH), name, value,

@@ -536,10 +536,12 @@ def test_an_english_email_stays_plain_ascii_headers():
 
 
 def test_header_values_parsed_once_and_shared_between_emails_change_no_byte_of_any(smtp_server):
-    """Composing reuses parsed header values across emails (mail._ReusedHeaders). What reaches the server must
-    be what each email would be alone: its own recipient, ids, subject and links, every byte the same."""
-    def alone(lang, n):  # composed with nothing parsed before it
+    """Composing reuses parsed and folded header values across emails (mail._ReusedHeaders, _WirePolicy). What
+    reaches the server must be what each email would be alone: its own recipient, ids, subject and links, every
+    byte the same."""
+    def alone(lang, n):  # composed with nothing parsed or folded before it
         WIRE_POLICY._parsed.cache_clear()
+        WIRE_POLICY._fold.cache_clear()
         return wire_bytes(numbered_email(lang, n))
 
     def numbered_email(lang, n):

@@ -2,10 +2,10 @@
 
 The modules the workers run (the stream stage and the aggregation and rendering it calls: pandas, reportlab,
 boto3) and botocore's S3 model, loaded with the garbage collector off, then `gc.freeze()`: Python's documented
-recipe for a process that forks without exec. Collections during the imports would only walk the objects they make, which all stay
-(some 150,000; about a tenth of the imports' CPU). Frozen, they leave the collector's view, so no worker's
-collections walk them again (a couple of milliseconds of each report) or write to them (which would copy
-their memory pages into every worker).
+recipe for a process that forks without exec. Collections during the imports would only walk the objects they
+make, which all stay (some 150,000; about a tenth of the imports' CPU). Frozen, they leave the collector's
+view, so no worker's collections walk them again (a couple of milliseconds of each report) or write to them
+(which would copy their memory pages into every worker).
 """
 
 import contextlib

@@ -443,18 +443,23 @@ def shard_run(subscribers: int, wire: bool = False) -> dict:
 
 
 def pool_start(workers: int) -> dict:
-    """CPU and wall time to start a run's worker pool and have every worker answer once (fresh process)."""
+    """CPU and wall time to start a run's worker pool as a run does, each worker ready for its first subscriber
+    (its S3 client made), and have every worker answer once (fresh process)."""
     import resource
+    from functools import partial
     from multiprocessing import forkserver
 
+    from reporting_pipeline.stages.stream import BuildJob, start_worker
     from reporting_pipeline.stages.workers import WorkerPool, each
+
+    job = BuildJob(endpoint_url="http://127.0.0.1:9", region=None, bucket="unused", week_timezone="UTC")
 
     def cpu():
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                    for f in ("ru_utime", "ru_stime"))
 
     before, started = cpu(), time.perf_counter()
-    with WorkerPool(workers) as pool:
+    with WorkerPool(workers, warm_up=partial(start_worker, job)) as pool:
         pool.map(each(len), [[]] * (4 * workers))
     wall = time.perf_counter() - started
     forkserver._forkserver._stop()  # reap it: its CPU and its workers' come into RUSAGE_CHILDREN

@@ -58,6 +58,29 @@ def test_results_come_back_in_order_with_failures_in_place_even_those_that_do_no
     assert letters == {"sub_3": ("ClientError", True), "sub_5": ("Unpicklable", False)}
 
 
+def warm_up():
+    os.environ["WARMED_UP_IN"] = str(os.getpid())
+
+
+def cannot_warm_up():
+    raise RuntimeError("no S3 client today")
+
+
+def warmed(items):
+    return [os.environ.get("WARMED_UP_IN") == str(os.getpid()) for _ in items]
+
+
+def test_each_worker_warms_up_as_it_starts_and_a_warm_up_that_fails_breaks_nothing(tmp_path):
+    (tmp_path / "a").mkdir()
+    with WorkerPool(2, warm_up=warm_up) as pool:
+        assert len(set(pool.map(pids, [str(tmp_path / "a")] * 8))) == 2  # both workers have started
+        assert pool.map(warmed, list(range(8))) == [True] * 8
+    (tmp_path / "b").mkdir()
+    with WorkerPool(2, warm_up=cannot_warm_up) as pool:
+        assert len(set(pool.map(pids, [str(tmp_path / "b")] * 8))) == 2
+        assert pool.map(each(failing), list(range(3))) == [0, 10, 20]
+
+
 def what_a_worker_starts_with(items):
     import gc
 

@@ -86,6 +86,12 @@ def _s3(job: BuildJob):
     return _CLIENTS[key]
 
 
+def start_worker(job: BuildJob) -> None:
+    """What a worker process needs before its first subscriber: the retry settings and its S3 client."""
+    configure(job.backoff)
+    _s3(job)
+
+
 def build_chunk(job: BuildJob, bundles: list[SubscriberWeek]) -> list[Built | Failed]:
     """Download, aggregate and render some subscribers (in a worker process); one result each, in order."""
     # Imported on first use: workers have them from the forkserver's preload (worker_preload.py), and a run
@@ -232,7 +238,7 @@ def build_shard(
     # (about a second and a half for the forkserver's imports) than they could save.
     if count_subscriptions(db, shard_id, shard_count, only) <= batch_size:
         workers = 1
-    with WorkerPool(workers) as pool:
+    with WorkerPool(workers, warm_up=partial(start_worker, job)) as pool:
         for _batch, pending in lookahead(iter_subscriber_batches(db, week, shard_id, shard_count, batch_size, only),
                                          begin):
             publish_batch(db, s3, job.bucket, encryption, pending.results(), summary)

@@ -9,6 +9,7 @@ per-item function). `start` returns at once: a step hands the pool its next batc
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.context
 import os
 import select
@@ -48,6 +49,16 @@ def _exit_with_parent(parent: int) -> None:
     if not _alive(parent):
         os._exit(1)
     threading.Thread(target=watch, name="exit-with-run", daemon=True).start()
+
+
+def _start_worker(parent: int, warm_up: Callable[[], None] | None) -> None:
+    """Worker initializer: exit with the run's process, then get ready for the first chunk (`warm_up`)."""
+    _exit_with_parent(parent)
+    if warm_up is not None:
+        # Only a head start: what fails here fails again where a chunk needs it, and is reported there.
+        # (An initializer that raised would break the whole pool.)
+        with contextlib.suppress(Exception):
+            warm_up()
 
 
 def _alive(pid: int) -> bool:
@@ -125,11 +136,13 @@ def _context():
 class WorkerPool:
     """`workers` worker processes, started when a batch first needs them and shared by all later batches.
 
-    `workers=1`, or a batch too small to be worth shipping, runs in this process.
+    `workers=1`, or a batch too small to be worth shipping, runs in this process. `warm_up` (picklable) runs in
+    each worker as it starts, while this process fetches the first batch.
     """
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, warm_up: Callable[[], None] | None = None):
         self.workers = max(1, workers)
+        self._warm_up = warm_up
         self._pool: ProcessPoolExecutor | None = None
 
     @property
@@ -139,7 +152,7 @@ class WorkerPool:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=_context(),
-                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                             initializer=_start_worker, initargs=(os.getpid(), self._warm_up))
         return self._pool
 
     def start(self, fn: Callable[[Sequence], list], items: Sequence) -> Pending:

@@ -101,8 +101,8 @@ def test_workers_start_with_what_they_run_imported_once_and_out_of_the_garbage_c
     """The forkserver's preload is what saves each worker a second and a half of imports; multiprocessing
     ignores a preload that fails to import, so this is where a broken one shows. It loads only what workers
     run: not pymongo (workers never talk to MongoDB), and numpy without OpenBLAS's thread per core (no report
-    does linear algebra; starting them was a tenth of a CPU-second of every pool's start). botocore's S3 model is
-loaded there too, without starting a thread."""
+    does linear algebra; starting them was a tenth of a CPU-second of every pool's start). botocore's S3 model
+    is loaded there too, without starting a thread."""
     with WorkerPool(2) as pool:
         started = pool.map(what_a_worker_starts_with, list(range(4)))
     for frozen, collecting, modules, server_threads, s3_model in started:

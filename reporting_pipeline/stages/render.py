@@ -171,13 +171,14 @@ class _Data:
         self.fonts, self.lang = fonts, self.language.tag
         self.cmaps = _DRAWABLE[0] if _DRAWABLE else (frozenset(), frozenset())
         self.missing: dict[str, set[int]] = {}
-        self._daily: tuple | None = None
+        self._rows: dict[int, tuple] = {}
 
-    def daily(self, report: AggregatedReport) -> list:
-        """The report's daily means as rows, converted once for all its charts."""
-        if self._daily is None or self._daily[0] is not report:
-            self._daily = (report, _rows(report.daily))
-        return self._daily[1]
+    def rows(self, frame) -> list:
+        """A table of the report (summary, daily means) as rows, converted once for all that read it."""
+        cached = self._rows.get(id(frame))
+        if cached is None or cached[0] is not frame:
+            cached = self._rows[id(frame)] = (frame, _rows(frame))
+        return cached[1]
 
     def drawable(self, text: str, bold: bool = False) -> bool:
         """True when ReportLab's primary font has every character (Paragraph, stringWidth, drawString work)."""
@@ -302,7 +303,7 @@ def _summary_table(report: AggregatedReport, styles, data: _Data) -> Table:
         ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#b0b8c0")),
         ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
     ]
-    for n, row in enumerate(_rows(report.summary), start=1):
+    for n, row in enumerate(data.rows(report.summary), start=1):
         number = styles["cell_number"]
         out_of_range = int(row.out_of_range)
         label, unit, decimals = _metric_text(row, report.definition, lang)
@@ -371,7 +372,7 @@ def _chart(report: AggregatedReport, metric: str, unit: str, ref_low, ref_high, 
     lang = data.language
     days = report.week.days
     points = [(days.index(row.day), float(row.mean))
-              for row in data.daily(report) if row.metric == metric and row.day in days]
+              for row in data.rows(report.daily) if row.metric == metric and row.day in days]
     width, height = 170 * mm, 48 * mm - 12
     drawing = _Chart(width, height)
     drawing.initialFontName, drawing.initialFontSize = FONT, 7  # not Helvetica: every font is embedded
@@ -527,7 +528,7 @@ def _section(section: str, report: AggregatedReport, styles, data: _Data) -> lis
         if report.summary.empty:
             return []
         out = [data.words(words._("Charts"), styles["h2"])]
-        for n, row in enumerate(_rows(report.summary), start=1):
+        for n, row in enumerate(data.rows(report.summary), start=1):
             label, unit, _ = _metric_text(row, report.definition, words)
             out += [KeepTogether([_chart_title(label, unit, n, styles, data),
                                   _chart(report, row.metric, unit, row.ref_low, row.ref_high, data)]),

@@ -449,7 +449,7 @@ def pool_start(workers: int) -> dict:
     from functools import partial
     from multiprocessing import forkserver
 
-    from reporting_pipeline.stages.stream import BuildJob, start_worker
+    from reporting_pipeline.stages.stream import BuildJob, prepare
     from reporting_pipeline.stages.workers import WorkerPool, each
 
     job = BuildJob(endpoint_url="http://127.0.0.1:9", region=None, bucket="unused", week_timezone="UTC")
@@ -459,7 +459,7 @@ def pool_start(workers: int) -> dict:
                    for f in ("ru_utime", "ru_stime"))
 
     before, started = cpu(), time.perf_counter()
-    with WorkerPool(workers, warm_up=partial(start_worker, job)) as pool:
+    with WorkerPool(workers, warm_up=partial(prepare, job)) as pool:
         pool.map(each(len), [[]] * (4 * workers))
     wall = time.perf_counter() - started
     forkserver._forkserver._stop()  # reap it: its CPU and its workers' come into RUSAGE_CHILDREN

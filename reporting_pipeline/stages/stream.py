@@ -86,10 +86,11 @@ def _s3(job: BuildJob):
     return _CLIENTS[key]
 
 
-def start_worker(job: BuildJob) -> None:
-    """What a worker process needs before its first subscriber: the retry settings and its S3 client."""
+def prepare(job: BuildJob):
+    """What this process needs to build reports: the job's retry settings, and its S3 client (returned; made
+    once per process). A worker runs it as it starts (`WorkerPool(warm_up=...)`), and each chunk again."""
     configure(job.backoff)
-    _s3(job)
+    return _s3(job)
 
 
 def build_chunk(job: BuildJob, bundles: list[SubscriberWeek]) -> list[Built | Failed]:
@@ -99,8 +100,7 @@ def build_chunk(job: BuildJob, bundles: list[SubscriberWeek]) -> list[Built | Fa
     from .aggregate import aggregate_many
     from .render import render_report_checked
 
-    configure(job.backoff)
-    loaded = load_files(_s3(job), job.bucket, bundles)
+    loaded = load_files(prepare(job), job.bucket, bundles)
     # One pandas pass for every subscriber whose files arrived.
     aggregated = iter(aggregate_many([b for b in loaded if isinstance(b, SubscriberWeek)], job.week_timezone))
     out: list[Built | Failed] = []
@@ -238,7 +238,7 @@ def build_shard(
     # (about a second and a half for the forkserver's imports) than they could save.
     if count_subscriptions(db, shard_id, shard_count, only) <= batch_size:
         workers = 1
-    with WorkerPool(workers, warm_up=partial(start_worker, job)) as pool:
+    with WorkerPool(workers, warm_up=partial(prepare, job)) as pool:
         for _batch, pending in lookahead(iter_subscriber_batches(db, week, shard_id, shard_count, batch_size, only),
                                          begin):
             publish_batch(db, s3, job.bucket, encryption, pending.results(), summary)

@@ -146,8 +146,8 @@ def paint(drawing, canvas) -> None:
     """Draw `drawing` at the canvas's origin, as renderPDF.draw(drawing, canvas, 0, 0) would; Unsupported
     (before anything is drawn) for a drawing it does not know."""
     state = STATE_DEFAULTS.copy()
-    for key in ("fontName", "fontSize"):
-        initial = getattr(drawing, "initial" + key[0].upper() + key[1:], None)
+    for key, attribute in (("fontName", "initialFontName"), ("fontSize", "initialFontSize")):
+        initial = getattr(drawing, attribute, None)  # a drawing may set them, as renderPDF reads them
         if initial is not None:
             state[key] = initial
     flags = {"strokeColor": state["strokeColor"] is not None, "fillColor": state["fillColor"] is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import uuid
 from contextlib import contextmanager
@@ -118,6 +119,12 @@ def seeded_wire_server(s3, bucket: str, encryption: Encryption, *, now: datetime
 def instance():
     with DagsterInstance.ephemeral() as inst:
         yield inst
+
+
+# poppler-utils reads our PDFs as an independent reader: text (pdftotext), fonts (pdffonts), pixels (pdftoppm).
+needs_poppler = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("pdftotext", "pdffonts", "pdftoppm")),
+    reason="poppler-utils (pdftotext, pdffonts, pdftoppm) is not installed (.ci/install-fonts.sh installs it)")
 
 
 def pdf_text(data: bytes) -> str:

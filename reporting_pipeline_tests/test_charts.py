@@ -4,7 +4,6 @@ the same as renderPDF's, pixel for pixel, as poppler (an independent reader) ras
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 
 import pytest
@@ -17,10 +16,9 @@ from reporting_pipeline.stages.aggregate import aggregate_subscriber
 from reporting_pipeline.stages.chartdraw import Unsupported, paint
 from reporting_pipeline.stages.render import render_report_checked
 
+from .conftest import needs_poppler
 from .test_aggregate import RECORDS, rec
 from .test_render import bundle
-
-needs_poppler = pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="poppler-utils (pdftoppm) not installed")
 
 
 def pixels(pdf: bytes, tmp_path, name: str) -> list[bytes]:

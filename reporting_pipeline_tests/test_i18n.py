@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import subprocess
 
 import mongomock
@@ -25,7 +24,7 @@ from reporting_pipeline.stages.i18n import LOCALE_DIR, available_languages, lang
 from reporting_pipeline.stages.render import render_report_checked
 from reporting_pipeline.stages.subscribe import ACTIVE, subscription_document
 
-from .conftest import pdf_text
+from .conftest import needs_poppler, pdf_text
 from .test_aggregate import WEEK
 from .test_render import bundle
 
@@ -144,7 +143,7 @@ def test_the_report_is_in_the_participants_language(lang):
         assert "Summary" not in text and "Page 1 of" not in text
 
 
-@pytest.mark.skipif(not shutil.which("pdftotext"), reason="poppler-utils is not installed")
+@needs_poppler
 def test_japanese_words_read_back_with_poppler_too(tmp_path):
     pdf, _ = rendered("ja-JP")
     (tmp_path / "r.pdf").write_bytes(pdf)

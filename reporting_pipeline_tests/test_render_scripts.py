@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import subprocess
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from reporting_pipeline.stages.fetch import FileItem
 from reporting_pipeline.stages.fonts import PREPROCESS_AFTER_SUBSETS, _pip_font_dirs, load_fonts
 from reporting_pipeline.stages.render import render_report, render_report_checked
 
-from .conftest import pdf_text
+from .conftest import needs_poppler, pdf_text
 from .test_aggregate import rec
 from .test_render import bundle
 
@@ -33,9 +32,6 @@ NOTO = {"NotoSans-Regular.ttf#0", "NotoSansHebrew-Regular.ttf#0", "NotoNaskhArab
 needs_noto = pytest.mark.skipif(
     not NOTO <= set(load_fonts().describe()),
     reason="Debian's fonts-noto-core and fonts-noto-cjk are not installed (.ci/install-fonts.sh installs them)")
-needs_poppler = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("pdftotext", "pdffonts")),
-    reason="poppler-utils (pdftotext, pdffonts) is not installed (.ci/install-fonts.sh installs it)")
 
 DIARY_EXCERPT = "Zażółć gęślą jaźń. Привет, доктор. Καλημέρα. 今日は頭痛がした。 مرحبا"
 SAMPLES = {
